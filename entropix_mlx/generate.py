@@ -1,0 +1,228 @@
+"""The decode loop: prefill, one sampler decision per token, and a stream of `TokenEvent`s."""
+
+from __future__ import annotations
+
+import os
+import time
+from collections import Counter
+from dataclasses import dataclass, field
+from typing import Callable, Collection, Iterator, Sequence
+
+import mlx.core as mx
+
+from .cache import KVCache
+from .errors import ContextFullError
+from .llama import Model, ModelOutput
+from .metrics import Metrics, metrics_vector
+from .sampler import SamplerConfig, SamplingParams, classify, make_sampler
+from .tokenizer import Tokenizer
+
+
+@dataclass(frozen=True)
+class TokenEvent:
+    """Everything a renderer or exporter needs about one generated token."""
+
+    index: int
+    token_id: int
+    text: str  # the printable text this token completed (may be "" mid-character or at a stop)
+    logprob: float  # natural-log probability of the token at temperature 1
+    metrics: Metrics
+    quadrant: str
+    strategy: str
+    params: SamplingParams
+    inserted: bool  # a clarify token inserted rather than sampled
+    elapsed: float  # seconds from the end of prefill until this token was ready
+    prompt_tokens: int
+    prefill_seconds: float
+    finish_reason: str | None = None  # "stop" | "length" | "context" on the last event
+
+
+@dataclass(frozen=True)
+class Summary:
+    """Per-response totals, derived from the events alone so replays and exports agree."""
+
+    tokens: int
+    prompt_tokens: int
+    prefill_tps: float
+    decode_tps: float
+    finish_reason: str | None
+    strategies: dict[str, int] = field(default_factory=dict)
+    quadrants: dict[str, int] = field(default_factory=dict)
+    mean_entropy: float = 0.0
+
+    @classmethod
+    def from_events(cls, events: Sequence[TokenEvent]) -> "Summary":
+        if not events:
+            return cls(0, 0, 0.0, 0.0, None)
+        first, last = events[0], events[-1]
+        decode_time = last.elapsed - first.elapsed
+        return cls(
+            tokens=len(events),
+            prompt_tokens=first.prompt_tokens,
+            prefill_tps=first.prompt_tokens / max(first.prefill_seconds, 1e-9),
+            decode_tps=(len(events) - 1) / decode_time if decode_time > 0 else 0.0,
+            finish_reason=last.finish_reason,
+            strategies=dict(Counter(e.strategy for e in events)),
+            quadrants=dict(Counter(e.quadrant for e in events)),
+            mean_entropy=sum(e.metrics.entropy for e in events) / len(events),
+        )
+
+
+def prefill(
+    model: Model,
+    ids: Sequence[int],
+    cache: list[KVCache],
+    *,
+    chunk: int = 512,
+    progress: Callable[[int, int], None] | None = None,
+) -> ModelOutput:
+    """Feed the prompt in chunks (bounded memory on long prompts); return the last position's output."""
+    if not ids:
+        raise ValueError("prefill needs at least one token")
+    for start in range(0, len(ids), chunk):
+        out = model(mx.array([ids[start : start + chunk]]), cache)
+        mx.eval(out.logits, out.attention)
+        if progress is not None:
+            progress(min(start + chunk, len(ids)), len(ids))
+    return out
+
+
+def _token_logprob(logits: mx.array, token: mx.array) -> mx.array:
+    logits = logits.astype(mx.float32)
+    return logits[token] - mx.logsumexp(logits)
+
+
+def generate(
+    model: Model,
+    tokenizer: Tokenizer,
+    prompt_ids: Sequence[int],
+    *,
+    sampler: str = "greedy",
+    max_tokens: int = 256,
+    seed: int | None = None,
+    config: SamplerConfig | None = None,
+    params: SamplingParams | None = None,
+    cache: list[KVCache] | None = None,
+    stop_strings: Sequence[str] = (),
+    stop_ids: Collection[int] | None = None,
+    context_limit: int | None = None,
+    progress: Callable[[int, int], None] | None = None,
+) -> Iterator[TokenEvent]:
+    """Decode up to `max_tokens` after `prompt_ids`, yielding one event per token.
+
+    With a `cache`, `prompt_ids` continue what it already holds (chat turns). Afterwards the cache
+    holds a prefix of prompt + yielded tokens; callers that reuse it compare against `cache.offset`.
+    The stop token itself is yielded (text "") so its metrics are visible; `finish_reason` says why
+    the stream ended. `stop_ids` defaults to the tokenizer's end-of-turn ids (empty: never stop).
+    """
+    config = config or SamplerConfig()
+    clarify_ids = tuple(tokenizer.encode(config.clarify_text)) if config.clarify_text else ()
+    choose = make_sampler(sampler, config, clarify_ids=clarify_ids, params=params)
+    cache = cache if cache is not None else model.make_cache()
+    limit = context_limit or model.args.max_position_embeddings
+    if cache[0].offset + len(prompt_ids) >= limit:
+        raise ContextFullError(
+            f"the prompt ({cache[0].offset + len(prompt_ids)} tokens) does not fit the context "
+            f"of {limit}; shorten it or start a new conversation"
+        )
+    key = mx.random.key(seed if seed is not None else int.from_bytes(os.urandom(4), "little"))
+    stops = frozenset(tokenizer.stop_ids if stop_ids is None else stop_ids)
+    detok = tokenizer.detokenizer()
+
+    t0 = time.perf_counter()
+    out = prefill(model, prompt_ids, cache, progress=progress)
+    prefill_seconds = time.perf_counter() - t0
+    t_decode = time.perf_counter()
+    stop_text = _StopStrings(stop_strings)
+    clarify_left = config.clarify_max
+    index = 0
+    while index < max_tokens:
+        logits = out.logits[0]  # (V,)
+        mvec = metrics_vector(out.logits, out.attention, config.attention_layers)[0]  # (6,)
+        key, step_key = mx.random.split(key)
+        metrics = Metrics.from_values(mvec.tolist()) if choose.needs_metrics else None
+        decision = choose(logits, metrics, step_key, clarify_left=clarify_left)
+        if decision.inserted:
+            clarify_left -= 1
+            feed = list(decision.inserted)
+            logprobs = mx.stack([_token_logprob(logits, mx.array(feed[0]))])
+        else:
+            feed = None
+            logprobs = _token_logprob(logits, decision.token)[None]
+
+        # Build the next step before fetching this token, so the device works while the host renders.
+        next_ids = mx.array([feed]) if feed else decision.token.reshape(1, 1)
+        room = cache[0].offset + next_ids.shape[1] < limit
+        last = index + (len(feed) if feed else 1) >= max_tokens or not room
+        next_out = None if last else model(next_ids, cache)
+        if next_out is not None:
+            mx.async_eval(next_out.logits, next_out.attention)
+        token_ids = feed if feed else [decision.token.item()]
+        if metrics is None:
+            metrics = Metrics.from_values(mvec.tolist())
+        quadrant = decision.quadrant or classify(metrics.entropy, metrics.varentropy, config)[0]
+        logprob = logprobs[0].item()
+        for i, token_id in enumerate(token_ids):
+            finish, text, hit = None, "", False
+            if token_id in stops and not feed:
+                finish = "stop"
+            else:
+                detok.add_token(token_id)
+                text, hit = stop_text.feed(detok.last_segment)
+                finish = "stop" if hit else None
+            if finish is None and index + 1 >= max_tokens:
+                finish = "length"
+            if finish is None and not room and i == len(token_ids) - 1:
+                finish = "context"
+            if finish is not None and not hit:
+                detok.finalize()
+                text += stop_text.flush(detok.last_segment)
+            yield TokenEvent(
+                index=index,
+                token_id=token_id,
+                text=text,
+                logprob=logprob if i == 0 else float("nan"),
+                metrics=metrics,
+                quadrant=quadrant,
+                strategy=decision.strategy,
+                params=decision.params,
+                inserted=bool(feed),
+                elapsed=time.perf_counter() - t_decode,
+                prompt_tokens=len(prompt_ids),
+                prefill_seconds=prefill_seconds,
+                finish_reason=finish,
+            )
+            index += 1
+            if finish is not None:
+                return
+        out = next_out
+
+
+class _StopStrings:
+    """Holds back text that could be the start of a stop string, so a stop never half-prints."""
+
+    def __init__(self, stops: Sequence[str]):
+        self.stops = [s for s in stops if s]
+        self.pending = ""
+
+    def feed(self, segment: str) -> tuple[str, bool]:
+        if not self.stops:
+            return segment, False
+        text = self.pending + segment
+        for stop in self.stops:
+            at = text.find(stop)
+            if at >= 0:
+                self.pending = ""
+                return text[:at], True
+        keep = max((len(s) - 1 for s in self.stops), default=0)
+        cut = len(text)
+        for n in range(min(keep, len(text)), 0, -1):
+            if any(s.startswith(text[-n:]) for s in self.stops):
+                cut = len(text) - n
+                break
+        self.pending = text[cut:]
+        return text[:cut], False
+
+    def flush(self, segment: str) -> str:
+        text, self.pending = self.pending + segment, ""
+        return text
