@@ -316,3 +316,8 @@ def main() -> None:
     except (click.Abort, typer.Abort):
         sys.exit(130)
     sys.exit(code if isinstance(code, int) else 0)
+
+
+# The lab's commands live in their own modules and reuse this module's options and error handling;
+# imported last so those names exist. They register on `app` with `@app.command()`.
+from . import cli_explore, cli_measure  # noqa: E402, F401
