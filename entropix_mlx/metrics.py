@@ -76,7 +76,7 @@ def attention_metrics(
 ) -> tuple[mx.array, mx.array, mx.array, mx.array]:
     """attn_entropy, attn_varentropy, agreement, interaction_strength, each (B,).
 
-    `stats` are per-layer reductions of the newest query's attention (see `llama.last_row_stats`).
+    `stats` are per-layer reductions of the newest query's attention (see `llama.attention_stats`).
     attn_varentropy is the mean over layers of the population variance of the head entropies (the
     reference's name for it). Every layer has the same (head, key) count, so the mean of the
     per-layer agreement/interaction means equals the mean over (layer, head, key).

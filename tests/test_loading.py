@@ -16,14 +16,10 @@ from checkpoints import _llama_cpp_permute, make_tiny_checkpoint, make_tiny_gguf
 from conftest import DATA
 from mlx.utils import tree_flatten
 
-from entropix_mlx import loading
+from entropix_mlx import gguf, loading
 from entropix_mlx.errors import ModelLoadError
-from entropix_mlx.loading import (
-    list_models,
-    load,
-    resolve_model,
-    translate_weight_names,
-)
+from entropix_mlx.gguf import translate_weight_names
+from entropix_mlx.loading import list_models, load, resolve_model
 
 CAPITAL = json.loads((DATA / "smollm2" / "capital.json").read_text())
 
@@ -108,7 +104,7 @@ def test_translate_weight_names() -> None:
 
 def test_unpermute_inverts_llama_cpp_permute_on_rows() -> None:
     w = mx.arange(6 * 8 * 5).reshape(6 * 8, 5)  # 6 heads of dim 8, 5 columns (or groups)
-    assert mx.array_equal(loading._unpermute_rows(_llama_cpp_permute(w, 6), 6), w)
+    assert mx.array_equal(gguf._unpermute_rows(_llama_cpp_permute(w, 6), 6), w)
 
 
 @pytest.mark.parametrize("tied", [False, True])
@@ -160,6 +156,18 @@ def test_auto_layout_follows_the_dense_budget(tmp_path: Path, monkeypatch) -> No
     monkeypatch.setenv(loading.BUDGET_ENV, "lots")
     with pytest.raises(ModelLoadError, match=loading.BUDGET_ENV):
         load(folder)
+
+
+def test_dense_budget_defaults_to_half_the_memory_and_env_overrides(monkeypatch) -> None:
+    """The 4 GiB of old sent a 1B model (~4.6 GiB as float32) to the slow quantized CPU path."""
+    monkeypatch.delenv(loading.BUDGET_ENV, raising=False)
+    physical = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
+    assert loading._dense_budget_bytes() == physical / 2
+    monkeypatch.setenv(loading.BUDGET_ENV, "1.5")
+    assert loading._dense_budget_bytes() == 1.5 * 2**30
+    monkeypatch.delenv(loading.BUDGET_ENV)
+    monkeypatch.delattr(os, "sysconf")
+    assert loading._dense_budget_bytes() == loading.FALLBACK_DENSE_BUDGET_GB * 2**30
 
 
 def test_progress_callback_and_bad_layout(tmp_path: Path) -> None:
