@@ -1,7 +1,7 @@
 """Per-step cost of the Entropix metrics + sampler decision, at SmolLM2's and Llama 3's vocabularies.
 
-One step = metrics_vector (logits + attention statistics) fetched to the host in one transfer, the
-strategy decision, and the sampled token evaluated — what `generate` adds to a forward pass.
+One step = `step_metrics` (logits + attention statistics of every layer's newest row, on the host),
+the strategy decision, and the sampled token evaluated — what `generate` adds to a forward pass.
 
     python benchmarks/sampler_step.py [--steps 200]
 """
@@ -18,28 +18,23 @@ BLAS = blas.preload_blas()
 
 import mlx.core as mx  # noqa: E402
 
-from entropix_mlx.llama import AttentionStats  # noqa: E402
-from entropix_mlx.metrics import Metrics, metrics_vector  # noqa: E402
+from entropix_mlx.metrics import step_metrics  # noqa: E402
 from entropix_mlx.sampler import SamplerConfig, make_sampler  # noqa: E402
 
-LAYERS, HEADS = 30, 9  # SmolLM2-135M's attention shape
+LAYERS, HEADS, CONTEXT = 30, 9, 512  # SmolLM2-135M's attention shape, a mid-length context
 
 
 def step_times(vocab: int, scale: float, steps: int, sampler_name: str) -> list[float]:
     key = mx.random.key(0)
     sampler = make_sampler(sampler_name, SamplerConfig(), clarify_ids=(1,))
-    stats = AttentionStats(
-        entropy=mx.random.uniform(0, 6, (1, LAYERS, HEADS), key=key),
-        agreement=mx.random.uniform(0, 0.01, (1, LAYERS), key=key),
-        interaction=mx.random.uniform(0, 5, (1, LAYERS), key=key),
-    )
+    scores = mx.random.normal((1, LAYERS, HEADS, CONTEXT), key=key) * 3
     times = []
     for i in range(steps):
         key, k_logits, k_step = mx.random.split(key, 3)
         logits = mx.random.normal((1, vocab), key=k_logits) * scale
-        mx.eval(logits, stats)
+        mx.eval(logits, scores)
         t0 = time.perf_counter()
-        metrics = Metrics.from_values(metrics_vector(logits, stats)[0].tolist())
+        metrics = step_metrics(logits, scores)
         decision = sampler(logits[0], metrics, k_step, clarify_left=0)
         mx.eval(decision.token)
         times.append(time.perf_counter() - t0)

@@ -50,5 +50,10 @@ class KVCache:
         self.offset = 0
 
     @property
+    def state(self) -> list[mx.array]:
+        """What to evaluate to materialise the cache (empty before the first update)."""
+        return [] if self.keys is None else [self.keys, self.values]
+
+    @property
     def nbytes(self) -> int:
         return 0 if self.keys is None else self.keys.nbytes + self.values.nbytes

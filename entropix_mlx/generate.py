@@ -13,7 +13,7 @@ import mlx.core as mx
 from .cache import KVCache
 from .errors import ContextFullError
 from .llama import Model, ModelOutput
-from .metrics import Metrics, metrics_vector
+from .metrics import Metrics, step_metrics
 from .sampler import SamplerConfig, SamplingParams, classify, make_sampler
 from .tokenizer import Tokenizer
 
@@ -81,7 +81,10 @@ def prefill(
         raise ValueError("prefill needs at least one token")
     for start in range(0, len(ids), chunk):
         out = model(mx.array([ids[start : start + chunk]]), cache)
-        mx.eval(out.logits, out.attention)
+        if start + chunk < len(ids):
+            mx.eval([c.state for c in cache])  # earlier chunks only fill the cache
+        else:
+            mx.eval(out.logits, out.scores)
         if progress is not None:
             progress(min(start + chunk, len(ids)), len(ids))
     return out
@@ -138,9 +141,9 @@ def generate(
     index = 0
     while index < max_tokens:
         logits = out.logits[0]  # (V,)
-        mvec = metrics_vector(out.logits, out.attention, config.attention_layers)[0]  # (6,)
         key, step_key = mx.random.split(key)
-        metrics = Metrics.from_values(mvec.tolist()) if choose.needs_metrics else None
+        layers = config.attention_layers
+        metrics = step_metrics(out.logits, out.scores, layers) if choose.needs_metrics else None
         decision = choose(logits, metrics, step_key, clarify_left=clarify_left)
         if decision.inserted:
             clarify_left -= 1
@@ -156,10 +159,10 @@ def generate(
         last = index + (len(feed) if feed else 1) >= max_tokens or not room
         next_out = None if last else model(next_ids, cache)
         if next_out is not None:
-            mx.async_eval(next_out.logits, next_out.attention)
+            mx.async_eval(next_out.logits, next_out.scores)
         token_ids = feed if feed else [decision.token.item()]
         if metrics is None:
-            metrics = Metrics.from_values(mvec.tolist())
+            metrics = step_metrics(out.logits, out.scores, layers)
         quadrant = decision.quadrant or classify(metrics.entropy, metrics.varentropy, config)[0]
         logprob = logprobs[0].item()
         for i, token_id in enumerate(token_ids):

@@ -13,9 +13,6 @@ import numpy as np
 
 from .cache import KVCache
 
-LN2 = math.log(2.0)
-
-
 @dataclass
 class ModelArgs:
     """Hugging Face `LlamaConfig` field names, so a `config.json` loads without a rename table."""
@@ -75,21 +72,11 @@ class ModelArgs:
         )
 
 
-class AttentionStats(NamedTuple):
-    """The newest query's attention, reduced inside each layer (nothing of size layers×heads×context).
-
-    entropy: (B, layers, heads) bits; agreement, interaction: (B, layers) per-layer means of
-    |P − mean_h P| and |scores| over (heads, keys). ENTROPIX.md §1 averages these.
-    """
-
-    entropy: mx.array
-    agreement: mx.array
-    interaction: mx.array
-
-
 class ModelOutput(NamedTuple):
     logits: mx.array  # (B, V) for the last position, or (B, L, V) with all_logits=True
-    attention: AttentionStats
+    # The newest query's scaled pre-softmax scores over the valid keys, every layer: (B, layers, H, T).
+    # One step's worth, reduced by metrics.py and then dropped; nothing of this size is kept.
+    scores: mx.array
 
 
 def rope_frequencies(args: ModelArgs) -> mx.array:
@@ -120,28 +107,6 @@ def rope_frequencies(args: ModelArgs) -> mx.array:
     if args.rope_freq_factors is not None:
         periods = periods * np.asarray(args.rope_freq_factors, dtype=np.float64)
     return mx.array(periods.astype(np.float32))
-
-
-def _attention_stats(scores: mx.array) -> AttentionStats:
-    """Statistics of the newest query's attention for all layers at once; `scores` is
-    (B, layers, H, T) pre-softmax and scaled, over valid keys only.
-
-    Done once per step on the stacked rows rather than inside each layer: on the CPU an MLX op
-    costs ~30 µs whatever its size, and per layer this is ~15 ops (×30 layers ≈ 13 ms a token).
-    The stacked tensor lives for one step only; what is kept is (B, layers, H) and (B, layers).
-    """
-    s = scores.astype(mx.float32)
-    z = s - mx.max(s, axis=-1, keepdims=True)
-    e = mx.exp(z)
-    total = mx.sum(e, axis=-1, keepdims=True)
-    p = e / total
-    entropy = (mx.log(total[..., 0]) - mx.sum(p * z, axis=-1)) / LN2  # (B, layers, H)
-    agreement = mx.mean(mx.abs(p - mx.mean(p, axis=2, keepdims=True)), axis=(2, 3))  # (B, layers)
-    interaction = mx.mean(mx.abs(s), axis=(2, 3))  # (B, layers)
-    return AttentionStats(entropy, agreement, interaction)
-
-
-attention_stats = mx.compile(_attention_stats, shapeless=True)
 
 
 class Attention(nn.Module):
@@ -225,7 +190,7 @@ class LlamaModel(nn.Module):
 
 
 class Model(nn.Module):
-    """Llama 3.x causal LM. `model(ids, cache)` → `ModelOutput(logits, attention)`."""
+    """Llama 3.x causal LM. `model(ids, cache)` → `ModelOutput(logits, scores)`."""
 
     def __init__(self, args: ModelArgs):
         super().__init__()
@@ -256,8 +221,7 @@ class Model(nn.Module):
             logits = self.model.embed_tokens.as_linear(h)
         else:
             logits = self.lm_head(h)
-        attention = attention_stats(mx.stack(rows, axis=1))  # from (B, layers, H, T)
-        return ModelOutput(logits, attention)
+        return ModelOutput(logits, mx.stack(rows, axis=1))  # scores (B, layers, H, T)
 
     def make_cache(self) -> list[KVCache]:
         return [KVCache() for _ in self.model.layers]

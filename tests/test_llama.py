@@ -120,8 +120,8 @@ def test_attention_stats_cached_equal_uncached(f32_model) -> None:
     cache = model.make_cache()
     model(ids[:, :250], cache)
     for end in range(251, 261):
-        cached = model(ids[:, end - 1 : end], cache).attention
-        uncached = model(ids[:, :end]).attention
+        cached = model(ids[:, end - 1 : end], cache).scores
+        uncached = model(ids[:, :end]).scores
         for a, b in zip(cached, uncached, strict=True):
             assert max_abs(a, b) < FLOAT32_TOL
 

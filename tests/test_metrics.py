@@ -13,11 +13,14 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from entropix_mlx import llama
-from entropix_mlx.llama import AttentionStats, Model, ModelArgs
+from entropix_mlx.llama import Model, ModelArgs
 from entropix_mlx.metrics import (
     METRIC_NAMES,
+    AttentionStats,
     Metrics,
     attention_metrics,
+    attention_stats,
+    host_metrics,
     logit_entropy,
     metrics_vector,
 )
@@ -49,6 +52,19 @@ def test_logit_metrics_match_float64_numpy(vocab: int, scale: float) -> None:
     assert h.dtype == v.dtype == mx.float32 and h.shape == v.shape == (3,)
     np.testing.assert_allclose(np.array(h), h_ref, rtol=RTOL, atol=ATOL)
     np.testing.assert_allclose(np.array(v), v_ref, rtol=RTOL, atol=ATOL)
+
+
+@pytest.mark.parametrize("vocab", [49152, 128256])
+@pytest.mark.parametrize("scale", [0.01, 1.0, 12.0, 40.0])
+def test_host_logit_metrics_match_float64_numpy(vocab: int, scale: float) -> None:
+    """The CPU path (NumPy float32) against the same float64 reference."""
+    logits = np.random.default_rng(vocab + int(scale * 100)).normal(size=vocab).astype(np.float32) * scale
+    scores = np.zeros((2, 3, 5), np.float32)
+    m = host_metrics(logits, scores)
+    h, v = np_logit_metrics(logits)
+    assert m.entropy == pytest.approx(h, rel=RTOL, abs=ATOL)
+    assert m.varentropy == pytest.approx(v, rel=RTOL, abs=ATOL)
+    assert m.attn_entropy == pytest.approx(math.log2(5)) and m.agreement == 0.0
 
 
 @pytest.mark.parametrize("dtype", [mx.bfloat16, mx.float16])
@@ -216,12 +232,18 @@ def test_attention_metrics_match_recomputation_from_the_real_model(
             per_layer.append(_np_layer_stats(layer.self_attn, xs))
         T = prompt_len + n_step
         # Entropy over T valid keys is at most log2 T; zero-filled slots would break the bound.
-        assert np.array(out.attention.entropy).max() <= math.log2(T) + 1e-4
+        assert out.scores.shape == (1, len(tiny_model.layers), 4, T)  # valid keys only
+        stats = attention_stats(out.scores)
+        assert np.array(stats.entropy).max() <= math.log2(T) + 1e-4
         for layers, chosen in (("all", per_layer), ("last", per_layer[-1:])):
-            got = np.array(mx.stack(attention_metrics(out.attention, layers), -1))[0]
-            np.testing.assert_allclose(got, _np_attention_metrics(chosen), rtol=RTOL, atol=1e-7)
-            vec = np.array(metrics_vector(out.logits, out.attention, layers))[0]
+            expected = _np_attention_metrics(chosen)
+            got = np.array(mx.stack(attention_metrics(stats, layers), -1))[0]
+            np.testing.assert_allclose(got, expected, rtol=RTOL, atol=1e-7)
+            vec = np.array(metrics_vector(out.logits, out.scores, layers))[0]
             np.testing.assert_allclose(vec[2:], got, rtol=1e-6)
+            host = host_metrics(np.array(out.logits[0]), np.array(out.scores[0]), layers)
+            np.testing.assert_allclose(list(host.as_dict().values())[2:], expected, rtol=RTOL, atol=1e-7)
+            np.testing.assert_allclose(list(host.as_dict().values())[:2], vec[:2], rtol=RTOL, atol=ATOL)
 
 
 # --- the (B, 6) vector and its host form ----------------------------------------------------

@@ -11,7 +11,7 @@ import mlx.core as mx
 import numpy as np
 import pytest
 
-from entropix_mlx.llama import AttentionStats
+from entropix_mlx.metrics import AttentionStats
 from entropix_mlx.metrics import Metrics, metrics_vector
 from entropix_mlx.sampler import (
     ARGMAX,
