@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 import os
 import time
 from collections import Counter
@@ -130,70 +131,55 @@ def generate(
         )
     key = mx.random.key(seed if seed is not None else int.from_bytes(os.urandom(4), "little"))
     stops = frozenset(tokenizer.stop_ids if stop_ids is None else stop_ids)
-    detok = tokenizer.detokenizer()
+    text = _TextStream(tokenizer, stop_strings)
 
     t0 = time.perf_counter()
     out = prefill(model, prompt_ids, cache, progress=progress)
-    prefill_seconds = time.perf_counter() - t0
+    timing = {"prompt_tokens": len(prompt_ids), "prefill_seconds": time.perf_counter() - t0}
     t_decode = time.perf_counter()
-    stop_text = _StopStrings(stop_strings)
+    layers = config.attention_layers
     clarify_left = config.clarify_max
     index = 0
     while index < max_tokens:
         logits = out.logits[0]  # (V,)
         key, step_key = mx.random.split(key)
-        layers = config.attention_layers
         metrics = step_metrics(out.logits, out.scores, layers) if choose.needs_metrics else None
         decision = choose(logits, metrics, step_key, clarify_left=clarify_left)
-        if decision.inserted:
-            clarify_left -= 1
-            feed = list(decision.inserted)
-            logprobs = mx.stack([_token_logprob(logits, mx.array(feed[0]))])
-        else:
-            feed = None
-            logprobs = _token_logprob(logits, decision.token)[None]
+        clarify_left -= bool(decision.inserted)
+        first = mx.array(decision.inserted[0]) if decision.inserted else decision.token
+        logprob = _token_logprob(logits, first)
 
         # Build the next step before fetching this token, so the device works while the host renders.
-        next_ids = mx.array([feed]) if feed else decision.token.reshape(1, 1)
+        next_ids = mx.array([decision.inserted]) if decision.inserted else decision.token.reshape(1, 1)
         room = cache[0].offset + next_ids.shape[1] < limit
-        last = index + (len(feed) if feed else 1) >= max_tokens or not room
+        last = index + next_ids.shape[1] >= max_tokens or not room
         next_out = None if last else model(next_ids, cache)
         if next_out is not None:
             mx.async_eval(next_out.logits, next_out.scores)
-        token_ids = feed if feed else [decision.token.item()]
-        if metrics is None:
-            metrics = step_metrics(out.logits, out.scores, layers)
+        token_ids = list(decision.inserted) or [decision.token.item()]
+        metrics = metrics or step_metrics(out.logits, out.scores, layers)
         quadrant = decision.quadrant or classify(metrics.entropy, metrics.varentropy, config)[0]
-        logprob = logprobs[0].item()
+        first_logprob = logprob.item()
         for i, token_id in enumerate(token_ids):
-            finish, text, hit = None, "", False
-            if token_id in stops and not feed:
-                finish = "stop"
-            else:
-                detok.add_token(token_id)
-                text, hit = stop_text.feed(detok.last_segment)
-                finish = "stop" if hit else None
-            if finish is None and index + 1 >= max_tokens:
-                finish = "length"
-            if finish is None and not room and i == len(token_ids) - 1:
-                finish = "context"
+            at_stop = token_id in stops and not decision.inserted
+            piece, hit = ("", False) if at_stop else text.push(token_id)
+            ends_room = not room and i == len(token_ids) - 1
+            finish = _finish_reason(at_stop or hit, index + 1 >= max_tokens, ends_room)
             if finish is not None and not hit:
-                detok.finalize()
-                text += stop_text.flush(detok.last_segment)
+                piece += text.flush()
             yield TokenEvent(
                 index=index,
                 token_id=token_id,
-                text=text,
-                logprob=logprob if i == 0 else float("nan"),
+                text=piece,
+                logprob=first_logprob if i == 0 else math.nan,
                 metrics=metrics,
                 quadrant=quadrant,
                 strategy=decision.strategy,
                 params=decision.params,
-                inserted=bool(feed),
+                inserted=bool(decision.inserted),
                 elapsed=time.perf_counter() - t_decode,
-                prompt_tokens=len(prompt_ids),
-                prefill_seconds=prefill_seconds,
                 finish_reason=finish,
+                **timing,
             )
             index += 1
             if finish is not None:
@@ -201,31 +187,41 @@ def generate(
         out = next_out
 
 
-class _StopStrings:
-    """Holds back text that could be the start of a stop string, so a stop never half-prints."""
+def _finish_reason(stopped: bool, at_max_tokens: bool, context_full: bool) -> str | None:
+    if stopped:
+        return "stop"
+    if at_max_tokens:
+        return "length"
+    return "context" if context_full else None
 
-    def __init__(self, stops: Sequence[str]):
+
+class _TextStream:
+    """Detokenizes and holds back text that could begin a stop string, so a stop never half-prints."""
+
+    def __init__(self, tokenizer: Tokenizer, stops: Sequence[str]):
+        self.detok = tokenizer.detokenizer()
         self.stops = [s for s in stops if s]
         self.pending = ""
 
-    def feed(self, segment: str) -> tuple[str, bool]:
-        if not self.stops:
-            return segment, False
-        text = self.pending + segment
+    def push(self, token_id: int) -> tuple[str, bool]:
+        """The text now safe to print, and whether a stop string was reached."""
+        self.detok.add_token(token_id)
+        text = self.pending + self.detok.last_segment
         for stop in self.stops:
             at = text.find(stop)
             if at >= 0:
                 self.pending = ""
                 return text[:at], True
-        keep = max((len(s) - 1 for s in self.stops), default=0)
         cut = len(text)
-        for n in range(min(keep, len(text)), 0, -1):
+        for n in range(min(max((len(s) - 1 for s in self.stops), default=0), len(text)), 0, -1):
             if any(s.startswith(text[-n:]) for s in self.stops):
                 cut = len(text) - n
                 break
         self.pending = text[cut:]
         return text[:cut], False
 
-    def flush(self, segment: str) -> str:
-        text, self.pending = self.pending + segment, ""
+    def flush(self) -> str:
+        """Everything held back, at the end of the answer."""
+        self.detok.finalize()
+        text, self.pending = self.pending + self.detok.last_segment, ""
         return text
