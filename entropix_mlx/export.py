@@ -11,13 +11,17 @@ import math
 from pathlib import Path
 from typing import IO, Any
 
+from .errors import EntropixError
 from .generate import Summary, TokenEvent
 
 RECORD_FIELDS = (
     "index", "token_id", "text", "logprob", "entropy", "varentropy", "attn_entropy",
     "attn_varentropy", "agreement", "interaction_strength", "quadrant", "strategy",
-    "temperature", "top_k", "top_p", "min_p", "inserted",
+    "temperature", "top_k", "top_p", "min_p", "inserted", "elapsed",
 )  # fmt: skip
+# `elapsed` (seconds since prefill) came later than DESIGN.md's list: older files lack it. It makes a
+# replay's live status show the recorded speed.
+REQUIRED_FIELDS = RECORD_FIELDS[:-1]
 
 
 def _finite(x: float) -> float | None:
@@ -45,6 +49,7 @@ def event_record(ev: TokenEvent) -> dict[str, Any]:
         "top_p": p.top_p,
         "min_p": p.min_p,
         "inserted": ev.inserted,
+        "elapsed": ev.elapsed,
     }
 
 
@@ -54,6 +59,75 @@ def summary_record(summary: Summary, **context: Any) -> dict[str, Any]:
     for name, value in context.items():
         body[name] = dataclasses.asdict(value) if dataclasses.is_dataclass(value) else value
     return {"summary": json.loads(json.dumps(body, default=str))}
+
+
+_INTS = ("index", "token_id", "top_k")
+_STRINGS = ("text", "quadrant", "strategy")
+_NULLABLE = ("logprob", "temperature")  # non-finite numbers are written as null
+
+
+def _record_problem(record: Any) -> str | None:
+    """What is wrong with one parsed line, or None for a token record or a summary."""
+    if isinstance(record, dict) and set(record) == {"summary"}:
+        return None if isinstance(record["summary"], dict) else '"summary" must be an object'
+    if not isinstance(record, dict):
+        return "not a JSON object"
+    missing = [f for f in REQUIRED_FIELDS if f not in record]
+    if missing:
+        return f"not a token record (missing {', '.join(missing)})"
+    for name in RECORD_FIELDS:
+        value = record.get(name, 0.0)
+        if name in _STRINGS:
+            ok = isinstance(value, str)
+        elif name == "inserted":
+            ok = isinstance(value, bool)
+        elif isinstance(value, bool):
+            ok = False
+        elif name in _INTS:
+            ok = isinstance(value, int)
+        else:
+            ok = isinstance(value, (int, float)) or (value is None and name in _NULLABLE)
+        if not ok:
+            return f"{name}={value!r} has the wrong type"
+    return None
+
+
+def read_run(path: Path) -> tuple[list[list[dict[str, Any]]], list[dict[str, Any]]]:
+    """Read a `--jsonl` file back: token records grouped per answer, and the summaries.
+
+    Each summary closes a group, so `records[i]` belongs to `summaries[i]`; tokens after the last
+    summary (a run that was killed) form one more group. Raises `EntropixError` naming the file
+    and line of the first malformed line.
+    """
+    try:
+        lines = path.read_bytes().decode("utf-8").splitlines()
+    except FileNotFoundError:
+        raise EntropixError(f"{path}: no such file; pass a file written by `entropix run --jsonl`") from None
+    except (OSError, UnicodeDecodeError) as e:
+        why = getattr(e, "strerror", None) or "not UTF-8 text"
+        raise EntropixError(f"{path}: cannot read it ({why}); pass a run's .jsonl file") from None
+    records: list[list[dict[str, Any]]] = [[]]
+    summaries: list[dict[str, Any]] = []
+    for number, line in enumerate(lines, 1):
+        if not line.strip():
+            continue
+        try:
+            record = json.loads(line)
+        except json.JSONDecodeError as e:
+            raise EntropixError(f"{path}:{number}: not JSON ({e.msg}); each line must be one record") from None
+        problem = _record_problem(record)
+        if problem:
+            raise EntropixError(f"{path}:{number}: {problem}; expected a token record or {{\"summary\": …}}")
+        if "summary" in record:
+            summaries.append(record["summary"])
+            records.append([])
+        else:
+            records[-1].append(record)
+    if not records[-1]:
+        records.pop()
+    if not any(records):
+        raise EntropixError(f"{path}: no token records; pass a file written by `entropix run --jsonl`")
+    return records, summaries
 
 
 class JsonlWriter:
