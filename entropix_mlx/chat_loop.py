@@ -24,6 +24,7 @@ COMMANDS = {
     "/sampler NAME": f"switch sampler: {', '.join(SAMPLERS)}",
     "/seed N": "make the following answers reproducible",
     "/stats": "strategy mix and mean entropy of this conversation",
+    "/plot": "plot entropy and varentropy of the last answer against the thresholds",
     "/save PATH": "write the transcript (PATH.md) and every token (PATH.jsonl)",
     "/exit": "leave (or Ctrl-D)",
 }
@@ -37,6 +38,7 @@ class ChatUI(Protocol):
     def help(self, commands: dict[str, str]) -> None: ...
     def stats(self, stats: ChatStats) -> None: ...
     def notice(self, message: str) -> None: ...
+    def show(self, renderable: Any) -> None: ...
     def error(self, message: str) -> None: ...
 
 
@@ -146,11 +148,23 @@ def _command(session: ChatSession, ui: ChatUI, line: str, context: dict[str, Any
         _stream(session, ui, lambda stop: session.retry(stop.check))
     elif name == "/stats":
         ui.stats(session.stats())
+    elif name == "/plot":
+        _plot(session, ui)
     elif name in ("/system", "/sampler", "/seed", "/save"):
         _setting(session, ui, name, arg, context)
     else:
         ui.error(f"unknown command {name}; /help lists the commands")
     return True
+
+
+def _plot(session: ChatSession, ui: ChatUI) -> None:
+    answers = [m for m in session.messages if m.role == "assistant" and m.events]
+    if not answers:
+        ui.error("nothing to plot yet; send a message first")
+        return
+    from .plots import render_plots  # plotext only when asked for
+
+    ui.show(render_plots(answers[-1].events, session.config))
 
 
 def _setting(

@@ -30,7 +30,7 @@ ModelOpt = Annotated[
 MaxTokensOpt = Annotated[int, typer.Option("--max-tokens", "-n", min=1, help="Stop after this many tokens.")]
 SamplerOpt = Annotated[str, typer.Option("--sampler", "-s", help="entropix | greedy | sample.")]
 SeedOpt = Annotated[Optional[int], typer.Option("--seed", help="Make sampling reproducible.")]
-ProfileOpt = Annotated[str, typer.Option("--profile", help="Sampler profile: a name (reference, …) or a TOML path.")]
+ProfileOpt = Annotated[str, typer.Option("--profile", help="Sampler thresholds: reference (the spec's), auto (calibrated for the model, else reference), a name (smollm2) or a TOML path.")]
 SetOpt = Annotated[
     Optional[list[str]],
     typer.Option("--set", help="Override one SamplerConfig field, e.g. --set high_ent=4.2 (repeatable)."),
@@ -67,8 +67,8 @@ def _read_prompt(path: str) -> str:
 
 
 def _sampling(sampler: str, profile: str, overrides: list[str] | None, temp: float, top_k: int,
-              top_p: float, min_p: float) -> dict[str, Any]:  # fmt: skip
-    from .sampler import SamplingParams, load_profile
+              top_p: float, min_p: float, *, model: str | None = None) -> dict[str, Any]:  # fmt: skip
+    from .sampler import AUTO_PROFILE, SamplingParams, load_profile
 
     if sampler not in ("entropix", "greedy", "sample"):
         _fail(f"--sampler {sampler}: unknown sampler; choose entropix, greedy or sample")
@@ -79,11 +79,27 @@ def _sampling(sampler: str, profile: str, overrides: list[str] | None, temp: flo
             _fail(f"--set {item}: expected FIELD=VALUE, e.g. --set high_ent=4.2")
         pairs[name.strip()] = value.strip()
     try:  # commands call this before `_guard`, so its errors become one line here
-        config = load_profile(profile).with_overrides(pairs)
+        name = _model_file_name(model) if profile == AUTO_PROFILE else None
+        config = load_profile(profile, model=name).with_overrides(pairs)
         params = SamplingParams(temperature=temp, top_k=top_k, top_p=top_p, min_p=min_p)
-    except ValueError as e:
+    except (ValueError, EntropixError) as e:
         _fail(str(e))
     return {"sampler": sampler, "config": config, "params": params}
+
+
+def _model_file_name(model: str | None) -> str:
+    """The model's file or folder name, found without loading it: what `--profile auto` matches."""
+    from .loading import resolve_model
+
+    return resolve_model(model).name
+
+
+def _show_profile(console, options: dict[str, Any], model_name: str) -> None:  # noqa: ANN001
+    from . import tui
+    from .sampler import profile_for_model
+
+    suggested = profile_for_model(model_name)
+    console.print(tui.render_profile(options["sampler"], options["config"], suggested))
 
 
 @app.command()
@@ -104,11 +120,12 @@ def run(
     jsonl: Annotated[Optional[Path], typer.Option("--jsonl", help="Write one JSON record per token here.")] = None,
     plain: PlainOpt = False,
     as_json: Annotated[bool, typer.Option("--json", help="Print one JSON result object per prompt instead of the text.")] = False,
+    plot: Annotated[bool, typer.Option("--plot", help="After each answer, plot entropy and varentropy against the thresholds.")] = False,
 ) -> None:  # fmt: skip
     """Generate an answer for each prompt in a file, each token coloured by its quadrant."""
     prompts = _read_prompts(prompt_file, system)
-    options = _sampling(sampler, profile, set_, temp, top_k, top_p, min_p)
-    _guard(_run, prompts, model, max_tokens, seed, raw, jsonl, plain, as_json, options)
+    options = _sampling(sampler, profile, set_, temp, top_k, top_p, min_p, model=model)
+    _guard(_run, prompts, model, max_tokens, seed, raw, jsonl, plain, as_json, options, plot)
 
 
 def _read_prompts(path: str, system: str | None) -> list[dict[str, Any]]:
@@ -132,7 +149,7 @@ def _read_prompts(path: str, system: str | None) -> list[dict[str, Any]]:
     return prompts
 
 
-def _run(prompts, model, max_tokens, seed, raw, jsonl, plain, as_json, options) -> None:  # noqa: ANN001
+def _run(prompts, model, max_tokens, seed, raw, jsonl, plain, as_json, options, plot=False) -> None:  # noqa: ANN001
     import mlx.core as mx
 
     from . import tui
@@ -142,9 +159,12 @@ def _run(prompts, model, max_tokens, seed, raw, jsonl, plain, as_json, options) 
     err = tui.make_console(plain=tui.wants_plain(plain, sys.stderr), stderr=True)
     out = tui.make_console(plain=tui.wants_plain(plain, sys.stdout))
     mdl, tok, info = _load(err, model)
+    _show_profile(err, options, info.name)
     seed = seed if seed is not None else _random_seed()
+    # Everything `entropix replay --check` needs to decode the same tokens again.
     context = {"model": info.name, "device": info.device, "seed": seed, "sampler": options["sampler"],
-               "config": options["config"]}  # fmt: skip
+               "config": options["config"], "params": options["params"], "model_path": str(info.path.resolve()),
+               "max_tokens": max_tokens, "raw": raw, "prompt_count": len(prompts)}  # fmt: skip
     with JsonlWriter(jsonl) if jsonl else contextlib.nullcontext() as writer:
         for i, item in enumerate(prompts):
             if len(prompts) > 1 and not as_json:
@@ -155,12 +175,17 @@ def _run(prompts, model, max_tokens, seed, raw, jsonl, plain, as_json, options) 
                 stream = generate(mdl, tok, ids, max_tokens=max_tokens, seed=seed, **options)
                 _stream_answer(stream, events, None if as_json else out, writer)
             finally:  # a Ctrl-C still leaves the summary of what was generated
-                summary = Summary.from_events(events)
-                record = summary_record(summary, prompt_index=i, **context)
+                summary, peak = Summary.from_events(events), mx.get_peak_memory()
+                record = summary_record(summary, prompt_index=i, prompt=item["prompt"],
+                                        system=item["system"], peak_memory=peak, **context)  # fmt: skip
                 if writer:
                     writer.write(record)
                 if not as_json:
-                    err.print(tui.render_summary(summary, mx.get_peak_memory()))
+                    err.print(tui.render_summary(summary, peak))
+            if plot and not as_json:
+                from .plots import render_plots
+
+                out.print(render_plots(events, options["config"]))
             if as_json:
                 result = {"prompt": item["prompt"], "text": "".join(e.text for e in events)} | record
                 typer.echo(json.dumps(result, ensure_ascii=False))
@@ -222,7 +247,7 @@ def chat(
     plain: PlainOpt = False,
 ) -> None:  # fmt: skip
     """Talk to the model, every token coloured by its quadrant (inside, /help lists the commands)."""
-    options = _sampling(sampler, profile, set_, temp, top_k, top_p, min_p)
+    options = _sampling(sampler, profile, set_, temp, top_k, top_p, min_p, model=model)
     _guard(_chat, model, system, max_tokens, seed, plain, options)
 
 
@@ -234,6 +259,7 @@ def _chat(model, system, max_tokens, seed, plain, options) -> None:  # noqa: ANN
     plain = tui.wants_plain(plain, sys.stdout)
     console = tui.make_console(plain=plain)
     mdl, tok, info = _load(console, model)
+    _show_profile(console, options, info.name)
     seed = seed if seed is not None else _random_seed()
     session = ChatSession(mdl, tok, system=system, max_tokens=max_tokens, seed=seed,
                           context_limit=info.context_length, **options)  # fmt: skip

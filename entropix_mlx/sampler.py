@@ -6,6 +6,7 @@ comes in as an explicit key on every call.
 
 from __future__ import annotations
 
+import fnmatch
 import math
 import sys
 from collections.abc import Mapping, Sequence
@@ -146,11 +147,48 @@ def _profiles_dir() -> Any:
     return resources.files("entropix_mlx") / "profiles"
 
 
-def load_profile(name_or_path: str) -> SamplerConfig:
-    """A packaged profile by name (`reference`) or a TOML file of SamplerConfig fields.
+AUTO_PROFILE = "auto"
+MODELS_KEY = "models"  # a calibrated profile's model-name globs (not a SamplerConfig field)
+
+
+def _model_globs(data: dict[str, Any], source: str) -> tuple[str, ...]:
+    """Pop and check a profile's `models = ["SmolLM2-135M-Instruct.Q4_1", …]` (fnmatch globs)."""
+    globs = data.pop(MODELS_KEY, [])
+    if not isinstance(globs, list) or not all(isinstance(g, str) and g for g in globs):
+        raise ValueError(f"{source}: {MODELS_KEY} must be a list of model-name patterns")
+    return tuple(globs)
+
+
+def _packaged_profiles() -> dict[str, tuple[str, ...]]:
+    """Packaged profile name → the model globs it was calibrated for (none for `reference`)."""
+    found = {}
+    for entry in sorted(_profiles_dir().iterdir(), key=lambda e: e.name):
+        if entry.name.endswith(".toml"):
+            data = tomllib.loads(entry.read_text(encoding="utf-8"))
+            found[entry.name[: -len(".toml")]] = _model_globs(data, str(entry))
+    return found
+
+
+def profile_for_model(model: str) -> str:
+    """The packaged profile calibrated for `model` (a model name, `.gguf` optional), else
+    `reference`: what `--profile auto` picks. Globs match case-insensitively."""
+    name = model.removesuffix(".gguf").casefold()
+    for profile, globs in _packaged_profiles().items():
+        if any(fnmatch.fnmatchcase(name, g.removesuffix(".gguf").casefold()) for g in globs):
+            return profile
+    return "reference"
+
+
+def load_profile(name_or_path: str, *, model: str | None = None) -> SamplerConfig:
+    """A packaged profile by name (`reference`, `smollm2`), `auto` (the one calibrated for
+    `model`, else `reference`) or a TOML file of SamplerConfig fields.
 
     Keys left out keep their defaults; `profile` defaults to the file's stem.
     """
+    if name_or_path == AUTO_PROFILE:
+        if model is None:
+            raise ValueError("sampler profile 'auto' needs the model's name to match")
+        name_or_path = profile_for_model(model)
     packaged = _profiles_dir() / f"{name_or_path}.toml"
     if "/" not in name_or_path and not name_or_path.endswith(".toml") and packaged.is_file():
         source, stem, text = str(packaged), name_or_path, packaged.read_text(encoding="utf-8")
@@ -158,15 +196,18 @@ def load_profile(name_or_path: str) -> SamplerConfig:
         path = Path(name_or_path)
         source, stem, text = str(path), path.stem, path.read_text(encoding="utf-8")
     else:
-        names = sorted(p.name[:-5] for p in _profiles_dir().iterdir() if p.name.endswith(".toml"))
+        profiles = _packaged_profiles()
+        plain = ", ".join(n for n, globs in profiles.items() if not globs)
+        calibrated = ", ".join(n for n, globs in profiles.items() if globs) or "none"
         raise ValueError(
-            f"sampler profile {name_or_path!r} is neither a profile name ({', '.join(names)}) "
-            "nor a TOML file"
+            f"sampler profile {name_or_path!r} is none of: the spec's ({plain}), a calibrated one "
+            f"({calibrated}), auto (the model's calibrated one), a TOML file"
         )
     try:
         data = tomllib.loads(text)
     except tomllib.TOMLDecodeError as err:
         raise ValueError(f"{source}: not valid TOML: {err}") from None
+    _model_globs(data, source)
     known = {f.name for f in fields(SamplerConfig)}
     for key in data:
         if key not in known:

@@ -218,6 +218,19 @@ def render_model_info(info: Any) -> Text:
     return line.append(f" · loaded in {info.load_seconds:.1f} s", style="ui.muted")
 
 
+def render_profile(sampler: str, config: Any, suggested: str = "reference") -> Text:
+    """`sampler · profile · thresholds`, and a hint when the model has a calibrated profile."""
+    c = config
+    line = Text(
+        f"sampler {sampler} · profile {c.profile} · H {c.low_ent:.2f}/{c.med_ent:.2f}/"
+        f"{c.high_ent:.2f} bits · V {c.low_vent:.2f}/{c.high_vent:.2f} bits²",
+        style="ui.muted",
+    )
+    if c.profile == "reference" and suggested != "reference":
+        line.append(f" · calibrated for this model: --profile {suggested}", style="ui.mark")
+    return line
+
+
 def render_help(commands: Mapping[str, str]) -> Table:
     table = Table.grid(padding=(0, 2))
     for name, meaning in commands.items():
