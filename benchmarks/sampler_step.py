@@ -19,7 +19,8 @@ BLAS = blas.preload_blas()
 import mlx.core as mx  # noqa: E402
 
 from entropix_mlx.metrics import step_metrics  # noqa: E402
-from entropix_mlx.sampler import SamplerConfig, make_sampler  # noqa: E402
+from entropix_mlx.profiles import SamplerConfig  # noqa: E402
+from entropix_mlx.sampler import make_sampler  # noqa: E402
 
 LAYERS, HEADS, CONTEXT = 30, 9, 512  # SmolLM2-135M's attention shape, a mid-length context
 

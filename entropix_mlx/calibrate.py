@@ -24,7 +24,8 @@ import numpy as np
 
 from .errors import EntropixError
 from .metrics import METRIC_NAMES
-from .sampler import MODELS_KEY, SamplerConfig, classify
+from .profiles import MODELS_KEY, SamplerConfig
+from .sampler import classify
 
 THRESHOLDS = ("low_ent", "med_ent", "high_ent", "low_vent", "high_vent")
 SUMMARY_QUANTILES = (0.05, 0.2, 0.5, 0.6, 0.85, 0.95)

@@ -2,7 +2,7 @@
 
 `ChatSession` renders the conversation with the model's chat template, reuses the cache for the
 longest common prefix with what it already holds, prefills only the new tokens and streams
-`TokenEvent`s. It renders nothing; `chat_loop.py` drives it and `tui.py` shows it.
+`TokenEvent`s. It renders nothing; `chat_loop.py` drives it and `chat_view.py` shows it.
 """
 
 from __future__ import annotations
@@ -20,7 +20,8 @@ import mlx.core as mx
 from .errors import EntropixError
 from .export import JsonlWriter, event_record, summary_record
 from .generate import Summary, TokenEvent, generate
-from .sampler import SAMPLERS, SamplerConfig, SamplingParams
+from .profiles import SAMPLERS, SamplerConfig
+from .sampler import SamplingParams
 
 
 @dataclass(frozen=True)

@@ -1,6 +1,7 @@
 """The `entropix chat` loop: read a line, run a /command or stream an answer to the view.
 
-It holds no rendering (the view is `tui.ChatView`) and no model logic (that is `ChatSession`).
+It holds no rendering (the view is `chat_view.ChatView`) and no model logic (that is
+`ChatSession`).
 """
 
 from __future__ import annotations
@@ -13,7 +14,7 @@ from typing import Any, Protocol
 from .chat import ChatSession, ChatStats
 from .errors import ContextFullError, EntropixError
 from .generate import Summary, TokenEvent
-from .sampler import SAMPLERS
+from .profiles import SAMPLERS
 
 COMMANDS = {
     "/help": "show these commands",

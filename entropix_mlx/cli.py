@@ -68,10 +68,12 @@ def _read_prompt(path: str) -> str:
 
 def _sampling(sampler: str, profile: str, overrides: list[str] | None, temp: float, top_k: int,
               top_p: float, min_p: float, *, model: str | None = None) -> dict[str, Any]:  # fmt: skip
-    from .sampler import AUTO_PROFILE, SamplingParams, load_profile
+    from .profiles import AUTO_PROFILE, SAMPLERS, load_profile
+    from .sampler import SamplingParams
 
-    if sampler not in ("entropix", "greedy", "sample"):
-        _fail(f"--sampler {sampler}: unknown sampler; choose entropix, greedy or sample")
+    if sampler not in SAMPLERS:
+        choices = f"{', '.join(SAMPLERS[:-1])} or {SAMPLERS[-1]}"
+        _fail(f"--sampler {sampler}: unknown sampler; choose {choices}")
     pairs = {}
     for item in overrides or []:
         name, sep, value = item.partition("=")
@@ -89,14 +91,14 @@ def _sampling(sampler: str, profile: str, overrides: list[str] | None, temp: flo
 
 def _model_file_name(model: str | None) -> str:
     """The model's file or folder name, found without loading it: what `--profile auto` matches."""
-    from .loading import resolve_model
+    from .model_paths import resolve_model
 
     return resolve_model(model).name
 
 
 def _show_profile(console, options: dict[str, Any], model_name: str) -> None:  # noqa: ANN001
     from . import tui
-    from .sampler import profile_for_model
+    from .profiles import profile_for_model
 
     suggested = profile_for_model(model_name)
     console.print(tui.render_profile(options["sampler"], options["config"], suggested))
@@ -255,6 +257,7 @@ def _chat(model, system, max_tokens, seed, plain, options) -> None:  # noqa: ANN
     from . import tui
     from .chat import ChatSession
     from .chat_loop import run_chat
+    from .chat_view import ChatView
 
     plain = tui.wants_plain(plain, sys.stdout)
     console = tui.make_console(plain=plain)
@@ -263,7 +266,7 @@ def _chat(model, system, max_tokens, seed, plain, options) -> None:  # noqa: ANN
     seed = seed if seed is not None else _random_seed()
     session = ChatSession(mdl, tok, system=system, max_tokens=max_tokens, seed=seed,
                           context_limit=info.context_length, **options)  # fmt: skip
-    run_chat(session, tui.ChatView(console, plain=plain), model=info.name, device=info.device)
+    run_chat(session, ChatView(console, plain=plain), model=info.name, device=info.device)
 
 
 @app.command()

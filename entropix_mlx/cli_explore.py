@@ -33,7 +33,6 @@ from .cli import (
     app,
 )
 
-SAMPLER_NAMES = ("entropix", "greedy", "sample")  # sampler.SAMPLERS, without importing MLX
 RunFile = Annotated[Path, typer.Argument(metavar="RUN.jsonl", help="A file written by `entropix run --jsonl` (or chat's /save).", dir_okay=False)]  # fmt: skip
 PlotOpt = Annotated[bool, typer.Option("--plot", help="Also plot entropy and varentropy against the thresholds.")]  # fmt: skip
 HeightOpt = Annotated[int, typer.Option("--height", min=8, help="Rows per chart.")]
@@ -66,12 +65,13 @@ def compare(
 
 
 def _sampler_names(samplers: str) -> list[str]:
+    from .profiles import SAMPLERS
+
     names = [s.strip() for s in samplers.split(",") if s.strip()]
     for name in names:
-        if name not in SAMPLER_NAMES:
-            _fail(
-                f"--samplers {samplers}: unknown sampler {name!r}; choose from {', '.join(SAMPLER_NAMES)}"
-            )
+        if name not in SAMPLERS:
+            _fail(f"--samplers {samplers}: unknown sampler {name!r};"
+                  f" choose from {', '.join(SAMPLERS)}")  # fmt: skip
     if not names or len(set(names)) != len(names):
         _fail(f"--samplers {samplers}: name each sampler once, e.g. --samplers greedy,entropix")
     return names

@@ -51,7 +51,7 @@ def calibrate(
 
     The prompts are decoded greedily; the header records every metric's distribution."""
     from .calibrate import Quantiles
-    from .sampler import load_profile
+    from .profiles import load_profile
 
     try:
         q = Quantiles.parse(quantiles)
@@ -129,7 +129,7 @@ def eval_(
 
     Every sampler answers every question; `sample` uses the profile's T0/k0/p0/m0."""
     from .evaluate import load_questions
-    from .sampler import AUTO_PROFILE, SAMPLERS, load_profile
+    from .profiles import AUTO_PROFILE, SAMPLERS, load_profile
 
     names = list(dict.fromkeys(s.strip() for s in samplers.split(",") if s.strip()))
     unknown = [s for s in names if s not in SAMPLERS]
@@ -153,7 +153,7 @@ def _eval(path, questions, samplers, model, max_tokens, seed, config, jsonl, pla
     from . import tui
     from .evaluate import answer_questions, tally
     from .export import JsonlWriter
-    from .sampler import profile_for_model
+    from .profiles import profile_for_model
 
     err = tui.make_console(plain=tui.wants_plain(plain, sys.stderr), stderr=True)
     out = tui.make_console(plain=tui.wants_plain(plain, sys.stdout))

@@ -15,7 +15,8 @@ from .cache import KVCache
 from .errors import ContextFullError
 from .llama import Model, ModelOutput
 from .metrics import Metrics, step_metrics
-from .sampler import SamplerConfig, SamplingParams, classify, make_sampler
+from .profiles import SamplerConfig
+from .sampler import SamplingParams, classify, make_sampler
 from .tokenizer import Tokenizer
 
 

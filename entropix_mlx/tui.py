@@ -1,19 +1,18 @@
 """Rendering of token events with rich: colour per quadrant, strategy marks, live status, summaries.
 
-All rich (and prompt_toolkit) code lives here; the library only yields data. `render_*` functions
-are pure and return renderables; the view classes own a passed-in `Console` and are context
-managers.
+The rich code lives here (the chat screen and its prompt_toolkit line editor in chat_view.py); the
+library only yields data. `render_*` functions are pure and return renderables; the view classes
+own a passed-in `Console` and are context managers.
 """
 
 from __future__ import annotations
 
 import os
-import sys
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from typing import IO, TYPE_CHECKING, Any
 
-from rich.console import Console, Group, RenderableType
+from rich.console import Console, Group
 from rich.live import Live
 from rich.rule import Rule
 from rich.table import Table
@@ -343,69 +342,10 @@ class AnswerView:
         self.console.print(render_summary(summary, peak_memory, interrupted=interrupted, bar=bar))
 
 
-class ChatView:
-    """The chat screen: a line editor for input and the renderers for everything the loop shows."""
+def __getattr__(name: str) -> Any:
+    # The chat screen lives in chat_view.py, which imports this module: re-exported lazily.
+    if name == "ChatView":
+        from .chat_view import ChatView
 
-    def __init__(self, console: Console, *, plain: bool = False, editor: bool = True):
-        self.console = console
-        self.plain = plain
-        self._read = _make_reader(console, editor, plain)
-
-    def welcome(self) -> None:
-        if not self.plain:
-            self.console.print(render_legend())
-        self.console.print(
-            Text("type a message; /help lists commands; Ctrl-D leaves", style="ui.muted")
-        )
-
-    def prompt(self) -> str | None:
-        """The next input line; None at end of input (Ctrl-D). Ctrl-C raises KeyboardInterrupt."""
-        try:
-            return self._read()
-        except EOFError:
-            return None
-
-    def answer(self) -> AnswerView:
-        return AnswerView(self.console, live=not self.plain)
-
-    def show(self, renderable: RenderableType) -> None:
-        self.console.print(renderable)
-
-    def legend(self) -> None:
-        self.show(render_legend())
-
-    def help(self, commands: Mapping[str, str]) -> None:
-        self.show(render_help(commands))
-
-    def stats(self, stats: Any) -> None:
-        self.show(render_stats(stats, bar=not self.plain))
-
-    def notice(self, message: str) -> None:
-        self.show(Text(message, style="ui.muted"))
-
-    def error(self, message: str) -> None:
-        self.show(Text(message, style="ui.error"))
-
-
-def _make_reader(console: Console, editor: bool, plain: bool) -> Callable[[], str]:
-    """prompt_toolkit (editing, arrow-key history) on a terminal; plain line reads for pipes."""
-    if editor and sys.stdin.isatty() and sys.stdout.isatty():
-        from prompt_toolkit import PromptSession
-        from prompt_toolkit.formatted_text import FormattedText
-
-        session: PromptSession[str] = PromptSession()
-        message = FormattedText([("" if plain else "bold fg:#0072B2", "› ")])
-        return lambda: session.prompt(message)
-
-    def read() -> str:
-        console.print(Text("› ", style="ui.prompt"), end="")
-        console.file.flush()
-        line = sys.stdin.readline()
-        if not line:
-            console.print()
-            raise EOFError
-        if not sys.stdin.isatty():  # piped input is not echoed: show it, so the transcript reads on
-            console.print(line.rstrip("\n"), markup=False, highlight=False)
-        return line.rstrip("\n")
-
-    return read
+        return ChatView
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

@@ -28,7 +28,7 @@ from entropix_mlx.calibrate import (
 from entropix_mlx.errors import EntropixError
 from entropix_mlx.loading import load
 from entropix_mlx.metrics import METRIC_NAMES
-from entropix_mlx.sampler import SamplerConfig, load_profile, profile_for_model
+from entropix_mlx.profiles import SamplerConfig, load_profile, profile_for_model
 
 PACKAGE = Path(__file__).resolve().parents[1] / "entropix_mlx"
 SMOLLM2 = "SmolLM2-135M-Instruct.Q4_1"

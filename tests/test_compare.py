@@ -146,6 +146,22 @@ def test_compare_same_decoder_twice_agrees_and_plots(tiny_path: Path) -> None:
     assert result.stdout.count("entropy H (bits) per token") == 2
 
 
+@pytest.mark.parametrize(
+    ("folder", "profile"),
+    [("SmolLM2-135M-Instruct.Q4_1", "smollm2"), ("tiny-llama", "reference")],
+)
+def test_profile_auto_follows_the_chosen_model(
+    tmp_path: Path, tiny_path: Path, folder: str, profile: str
+) -> None:
+    """`--profile auto` matches the --model given, not the default model (which is SmolLM2)."""
+    model = tmp_path / folder
+    model.symlink_to(tiny_path, target_is_directory=True)
+    result = compare(model, "-n", "2", "--seed", "0", "--samplers", "greedy,entropix",
+                     "--profile", "auto")  # fmt: skip
+    assert result.exit_code == 0, result.output
+    assert f"sampler entropix · profile {profile} · " in result.stderr
+
+
 def run_main(monkeypatch, capsys, args: list[str]) -> tuple[int, str, str]:
     monkeypatch.setattr(sys, "argv", ["entropix", *args])
     monkeypatch.setattr(sys, "stdin", io.StringIO(""))
