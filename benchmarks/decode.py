@@ -92,9 +92,10 @@ def main() -> None:
 
     bench_ours(model, tokenizer, ids[:32], 8, "greedy")  # warm-up
     runs: dict[str, list[tuple[float, float]]] = {name: [] for name in rows}
-    for _ in range(args.repeats):  # interleaved, so a busy moment hits every engine alike
-        for name, fn in rows.items():
-            runs[name].append(fn())
+    names = list(rows)
+    for r in range(args.repeats):  # interleaved and rotated, so neither load nor order favours one
+        for name in names[r % len(names) :] + names[: r % len(names)]:
+            runs[name].append(rows[name]())
     best = {name: (max(r[0] for r in rs), max(r[1] for r in rs)) for name, rs in runs.items()}
     bases = [name for name in best if name.startswith("mlx-lm")]
     head = "".join(f"{'×' + b.split(', ')[1]:>14}" for b in bases)

@@ -224,6 +224,9 @@ def _load(console, model: str | None) -> tuple:  # noqa: ANN001
     with tui.loading(console, model) as progress:
         loaded = load(model, progress=progress)
     console.print(tui.render_model_info(loaded[2]))
+    notice = tui.render_blas_notice(loaded[2].blas)
+    if notice is not None:
+        console.print(notice)
     return loaded
 
 
@@ -307,13 +310,14 @@ def _models() -> None:
     from rich.table import Table
 
     from . import tui
-    from .loading import list_models
+    from .loading import list_models, runtime_summary
 
     console = tui.make_console(plain=not sys.stdout.isatty())
     table = Table("name", "arch", "size", "quantization", box=None)
     for m in list_models():
         table.add_row(m.name, m.arch, f"{m.size_bytes / 2**20:.0f} MiB", m.quantization)
     console.print(table)
+    console.print(runtime_summary(), style="ui.muted")
 
 
 def _guard(fn, *args: Any) -> None:  # noqa: ANN001

@@ -16,7 +16,7 @@ from .errors import ContextFullError
 from .llama import Model, ModelOutput
 from .metrics import Metrics, step_metrics
 from .profiles import SamplerConfig
-from .sampler import SamplingParams, classify, make_sampler
+from .sampler import SamplingParams, make_sampler
 from .tokenizer import Tokenizer
 
 
@@ -144,11 +144,14 @@ def generate(
     while index < max_tokens:
         logits = out.logits[0]  # (V,)
         key, step_key = mx.random.split(key)
-        metrics = step_metrics(out.logits, out.scores, layers) if choose.needs_metrics else None
+        # Before the next step is queued: on 2 CPU cores host work that overlaps OpenBLAS slows it
+        # (measured: greedy decoded 5 % slower than entropix when its metrics came afterwards).
+        metrics = step_metrics(out.logits, out.scores, layers)
         decision = choose(logits, metrics, step_key, clarify_left=clarify_left)
         clarify_left -= bool(decision.inserted)
         first = mx.array(decision.inserted[0]) if decision.inserted else decision.token
         logprob = _token_logprob(logits, first)
+        mx.async_eval(logprob)  # queued before the next step, so fetching it never waits on that
 
         # Build the next step before fetching this token, so the device works while the host renders.
         next_ids = mx.array([decision.inserted]) if decision.inserted else decision.token.reshape(1, 1)
@@ -158,8 +161,6 @@ def generate(
         if next_out is not None:
             mx.async_eval(next_out.logits, next_out.scores)
         token_ids = list(decision.inserted) or [decision.token.item()]
-        metrics = metrics or step_metrics(out.logits, out.scores, layers)
-        quadrant = decision.quadrant or classify(metrics.entropy, metrics.varentropy, config)[0]
         first_logprob = logprob.item()
         for i, token_id in enumerate(token_ids):
             at_stop = token_id in stops and not decision.inserted
@@ -174,7 +175,7 @@ def generate(
                 text=piece,
                 logprob=first_logprob if i == 0 else math.nan,
                 metrics=metrics,
-                quadrant=quadrant,
+                quadrant=decision.quadrant,
                 strategy=decision.strategy,
                 params=decision.params,
                 inserted=bool(decision.inserted),

@@ -131,7 +131,7 @@ class Attention(nn.Module):
     def __call__(
         self, x: mx.array, mask: Any = None, cache: KVCache | None = None
     ) -> tuple[mx.array, mx.array]:
-        """Returns the layer output and the newest query's scaled scores (B, H, T)."""
+        """Returns the layer output and the newest query's unscaled scores q·k (B, H, T)."""
         B, L, _ = x.shape
         H, Hkv, D = self.n_heads, self.n_kv_heads, self.head_dim
         q = self.q_proj(x).reshape(B, L, H, D).transpose(0, 2, 1, 3)  # (B, H, L, D)
@@ -144,9 +144,11 @@ class Attention(nn.Module):
         T = k.shape[2]
 
         # The newest query's scores over the valid keys; GQA groups query heads per kv head.
-        # Only these raw scores leave the layer: the model reduces all layers' rows together.
-        q_last = q[:, :, -1, :].reshape(B, Hkv, H // Hkv, D)  # (B, Hkv, G, D)
-        scores = (q_last @ k.swapaxes(-1, -2)).reshape(B, H, T) * self.scale  # (B, H, T)
+        # Only these raw (unscaled) scores leave the layer: the model scales and reduces all layers'
+        # rows together, since each MLX op costs ~30 µs on the CPU whatever its size.
+        q_last = q if L == 1 else q[:, :, -1:, :]
+        q_last = q_last.reshape(B, Hkv, H // Hkv, D)  # (B, Hkv, G, D)
+        scores = (q_last @ k.swapaxes(-1, -2)).reshape(B, H, T)  # (B, H, T)
         out = mx.fast.scaled_dot_product_attention(q, k, v, scale=self.scale, mask=mask)
         out = out.transpose(0, 2, 1, 3).reshape(B, L, H * D)  # (B, L, H·D)
         return self.o_proj(out), scores
@@ -215,13 +217,14 @@ class Model(nn.Module):
             h, scores = layer(h, mask, c)
             rows.append(scores)
         if not all_logits:
-            h = h[:, -1, :]  # (B, dim)
+            h = h[:, -1, :] if h.shape[1] > 1 else h.reshape(h.shape[0], -1)  # (B, dim)
         h = self.model.norm(h)
         if self.args.tie_word_embeddings:
             logits = self.model.embed_tokens.as_linear(h)
         else:
             logits = self.lm_head(h)
-        return ModelOutput(logits, mx.stack(rows, axis=1))  # scores (B, layers, H, T)
+        scores = mx.stack(rows, axis=1) * self.model.layers[0].self_attn.scale  # (B, layers, H, T)
+        return ModelOutput(logits, scores)
 
     def make_cache(self) -> list[KVCache]:
         return [KVCache() for _ in self.model.layers]

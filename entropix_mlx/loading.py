@@ -177,7 +177,7 @@ def _default_budget_bytes() -> float:
     return total / 2 if total > 0 else FALLBACK_DENSE_BUDGET_GB * 2**30
 
 
-def _dense_budget_bytes() -> float:
+def dense_budget_bytes() -> float:
     """ENTROPIX_DENSE_BUDGET_GB (GiB) if set, else `_default_budget_bytes()`."""
     value = os.environ.get(BUDGET_ENV)
     if value is None:
@@ -188,12 +188,26 @@ def _dense_budget_bytes() -> float:
         raise ModelLoadError(f"{BUDGET_ENV}={value!r} is not a number of GiB") from None
 
 
+def device_name() -> str:
+    return mx.default_device().type.name
+
+
+def runtime_summary() -> str:
+    """`device · BLAS · weight layout` of this machine (what `entropix models` reports)."""
+    if mx.default_device() == mx.gpu:
+        layout = "quantized weights stay quantized"
+    else:
+        gib = dense_budget_bytes() / 2**30
+        layout = f"quantized weights run as dense float32 up to {gib:.1f} GiB ({BUDGET_ENV})"
+    return f"device {device_name()} · BLAS {blas.blas_status()} · {layout}"
+
+
 def _wants_dense(layout: str, params: int, on_gpu: bool) -> bool:
     """auto: dense float32 on the CPU when it fits the budget — MLX's CPU quantized matmul is a
     slow single-threaded loop, while float32 goes through BLAS (~25× faster prefill)."""
     if layout != "auto":
         return layout == "dense"
-    return not on_gpu and params * 4 <= _dense_budget_bytes()
+    return not on_gpu and params * 4 <= dense_budget_bytes()
 
 
 def _dequantize(
@@ -299,7 +313,7 @@ def load(
         quantization=ckpt.quantization,
         layout=layout_name,
         context_length=ckpt.context_length,
-        device=mx.default_device().type.name,
+        device=device_name(),
         blas=blas.blas_status(),
         size_bytes=_size_on_disk(path),
         load_seconds=time.perf_counter() - start,

@@ -188,16 +188,13 @@ class Decision:
 
     token: mx.array | None  # lazy int32 scalar; None when `inserted` is non-empty
     inserted: tuple[int, ...]  # clarify-text ids to insert instead of sampling
-    # LELV HELV LEHV HEHV MID, from the metrics whatever the sampler; None when a sampler that
-    # does not need them chose without them (the loop classifies once it has them).
-    quadrant: str | None
+    quadrant: str  # LELV HELV LEHV HEHV MID, from the metrics whatever the sampler
     strategy: str  # argmax clarify explore resample adaptive | greedy | sample
     params: SamplingParams  # what was used; for an insertion, what clarify samples with next
 
 
 class Sampler(Protocol):
     name: str
-    needs_metrics: bool  # True if the token cannot be built before the host has the metrics
 
     def __call__(
         self, logits: mx.array, metrics: Metrics, key: mx.array, *, clarify_left: int
@@ -220,7 +217,6 @@ class EntropixSampler:
     config: SamplerConfig
     clarify_ids: tuple[int, ...] = ()
     name: str = field(default="entropix", init=False)
-    needs_metrics: bool = field(default=True, init=False)
 
     def __call__(
         self, logits: mx.array, metrics: Metrics, key: mx.array, *, clarify_left: int
@@ -244,13 +240,12 @@ class PlainSampler:
     config: SamplerConfig
     params: SamplingParams
     name: str = "sample"
-    needs_metrics: bool = field(default=False, init=False)
 
     def __call__(
-        self, logits: mx.array, metrics: Metrics | None, key: mx.array, *, clarify_left: int
+        self, logits: mx.array, metrics: Metrics, key: mx.array, *, clarify_left: int
     ) -> Decision:
         token = sample(_as_vector(logits), self.params, key)
-        quadrant = classify(metrics.entropy, metrics.varentropy, self.config)[0] if metrics else None
+        quadrant, _ = classify(metrics.entropy, metrics.varentropy, self.config)
         return Decision(token, (), quadrant, self.name, self.params)
 
 

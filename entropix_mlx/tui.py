@@ -38,6 +38,7 @@ THEME = Theme(
         "bar.mid": "grey62",
         "ui.muted": "grey50",
         "ui.error": "bold red",
+        "ui.warning": "#E69F00",
         "ui.title": "bold",
         "ui.prompt": "bold #0072B2",
         "ui.mark": "italic #CC79A7",
@@ -215,6 +216,13 @@ def render_model_info(info: Any) -> Text:
     parts = [info.name, size, info.quantization, info.layout, info.device]
     line = Text(" · ".join(str(p) for p in parts if p), style="ui.muted")
     return line.append(f" · loaded in {info.load_seconds:.1f} s", style="ui.muted")
+
+
+def render_blas_notice(blas: str) -> Text | None:
+    """One line when MLX's CPU matmuls run on the slow reference BLAS (still correct, ~15× slower)."""
+    if blas.startswith(("OpenBLAS", "n/a")):
+        return None
+    return Text(f"note: BLAS is {blas}", style="ui.warning")
 
 
 def render_profile(sampler: str, config: Any, suggested: str = "reference") -> Text:

@@ -162,12 +162,12 @@ def test_dense_budget_defaults_to_half_the_memory_and_env_overrides(monkeypatch)
     """The 4 GiB of old sent a 1B model (~4.6 GiB as float32) to the slow quantized CPU path."""
     monkeypatch.delenv(loading.BUDGET_ENV, raising=False)
     physical = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
-    assert loading._dense_budget_bytes() == physical / 2
+    assert loading.dense_budget_bytes() == physical / 2
     monkeypatch.setenv(loading.BUDGET_ENV, "1.5")
-    assert loading._dense_budget_bytes() == 1.5 * 2**30
+    assert loading.dense_budget_bytes() == 1.5 * 2**30
     monkeypatch.delenv(loading.BUDGET_ENV)
     monkeypatch.delattr(os, "sysconf")
-    assert loading._dense_budget_bytes() == loading.FALLBACK_DENSE_BUDGET_GB * 2**30
+    assert loading.dense_budget_bytes() == loading.FALLBACK_DENSE_BUDGET_GB * 2**30
 
 
 def test_progress_callback_and_bad_layout(tmp_path: Path) -> None:

@@ -336,7 +336,7 @@ def test_make_sampler_kinds() -> None:
     hot = Metrics(6.0, 0.01, 1.0, 0.1, 0.1, 1.0)  # HELV
     greedy = make_sampler("greedy", CFG)
     d = greedy(logits, hot, mx.random.key(0), clarify_left=1)
-    assert (greedy.name, greedy.needs_metrics) == ("greedy", False)
+    assert greedy.name == "greedy"
     assert (d.token.item(), d.quadrant, d.strategy, d.params) == (
         int(np.argmax(LOGITS)),
         "HELV",
@@ -346,15 +346,14 @@ def test_make_sampler_kinds() -> None:
     params = SamplingParams(0.9, 10, 0.9, 0.0)
     plain = make_sampler("sample", CFG, params=params)
     d = plain(logits, M, mx.random.key(4), clarify_left=1)
-    assert (plain.needs_metrics, d.quadrant, d.strategy, d.params) == (
-        False,
+    assert (d.quadrant, d.strategy, d.params) == (
         "MID",
         "sample",
         params,
     )
     assert d.token.item() == sample(mx.array(LOGITS), params, mx.random.key(4)).item()
     assert make_sampler("sample", CFG).params == SamplingParams(0.666, 27, 0.9, 0.03)
-    assert make_sampler("entropix", CFG).needs_metrics
+    assert make_sampler("entropix", CFG).name == "entropix"
     with pytest.raises(ValueError, match="'beam'.*entropix, greedy, sample"):
         make_sampler("beam", CFG)
     with pytest.raises(ValueError, match=r"shape \(2, 64\)"):
