@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import importlib.util
+import io
+import sys
 from pathlib import Path
 
 import pytest
@@ -55,3 +57,15 @@ def mistral_spm_model() -> Path:
     if path is None or not path.exists():
         pytest.skip("mistral-common is not installed (run `make install`)")
     return path
+
+
+def run_main(monkeypatch, capsys, args: list[str]) -> tuple[int, str, str]:  # noqa: ANN001
+    """Run `entropix ARGS` in-process through `cli.main` (its one-line error handling included)."""
+    from entropix_mlx import cli
+
+    monkeypatch.setattr(sys, "argv", ["entropix", *args])
+    monkeypatch.setattr(sys, "stdin", io.StringIO(""))
+    with pytest.raises(SystemExit) as exit_:
+        cli.main()
+    out, err = capsys.readouterr()
+    return exit_.value.code, out, err

@@ -3,18 +3,16 @@ the shipped SmolLM2 profile, `--profile auto`, and the command end to end on a t
 
 from __future__ import annotations
 
-import io
 import json
-import sys
 import tomllib
 from dataclasses import fields, replace
 from pathlib import Path
 
 import numpy as np
 import pytest
+from conftest import run_main
 from checkpoints import make_tiny_checkpoint
 
-from entropix_mlx import cli
 from entropix_mlx.calibrate import (
     THRESHOLDS,
     Quantiles,
@@ -208,15 +206,6 @@ def test_bad_models_key(tmp_path: Path) -> None:
 @pytest.fixture(scope="module")
 def tiny_path(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return make_tiny_checkpoint(tmp_path_factory.mktemp("tiny") / "tiny-llama")
-
-
-def run_main(monkeypatch, capsys, args: list[str]) -> tuple[int, str, str]:
-    monkeypatch.setattr(sys, "argv", ["entropix", *args])
-    monkeypatch.setattr(sys, "stdin", io.StringIO(""))
-    with pytest.raises(SystemExit) as exit_:
-        cli.main()
-    out, err = capsys.readouterr()
-    return exit_.value.code, out, err
 
 
 def test_calibrate_end_to_end(monkeypatch, capsys, tmp_path: Path, tiny_path: Path) -> None:

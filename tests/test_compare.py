@@ -5,10 +5,10 @@ from __future__ import annotations
 
 import io
 import re
-import sys
 from pathlib import Path
 
 import pytest
+from conftest import run_main
 from checkpoints import make_tiny_checkpoint
 from rich.console import Console
 from typer.testing import CliRunner
@@ -160,15 +160,6 @@ def test_profile_auto_follows_the_chosen_model(
                      "--profile", "auto")  # fmt: skip
     assert result.exit_code == 0, result.output
     assert f"sampler entropix · profile {profile} · " in result.stderr
-
-
-def run_main(monkeypatch, capsys, args: list[str]) -> tuple[int, str, str]:
-    monkeypatch.setattr(sys, "argv", ["entropix", *args])
-    monkeypatch.setattr(sys, "stdin", io.StringIO(""))
-    with pytest.raises(SystemExit) as exit_:
-        cli.main()
-    out, err = capsys.readouterr()
-    return exit_.value.code, out, err
 
 
 @pytest.mark.parametrize(

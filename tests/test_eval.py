@@ -3,16 +3,14 @@ command end to end on a tiny random model."""
 
 from __future__ import annotations
 
-import io
 import json
 import re
-import sys
 from pathlib import Path
 
 import pytest
+from conftest import run_main
 from checkpoints import make_tiny_checkpoint
 
-from entropix_mlx import cli
 from entropix_mlx.errors import EntropixError
 from entropix_mlx.evaluate import Question, extract_numbers, load_questions, normalise, score
 
@@ -202,15 +200,6 @@ def test_empty_question_set(tmp_path: Path) -> None:
 @pytest.fixture(scope="module")
 def tiny_path(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return make_tiny_checkpoint(tmp_path_factory.mktemp("tiny") / "tiny-llama")
-
-
-def run_main(monkeypatch, capsys, args: list[str]) -> tuple[int, str, str]:
-    monkeypatch.setattr(sys, "argv", ["entropix", *args])
-    monkeypatch.setattr(sys, "stdin", io.StringIO(""))
-    with pytest.raises(SystemExit) as exit_:
-        cli.main()
-    out, err = capsys.readouterr()
-    return exit_.value.code, out, err
 
 
 THREE = [

@@ -3,12 +3,11 @@ it, and every bad input as one line; plus the JSONL reader underneath."""
 
 from __future__ import annotations
 
-import io
 import json
-import sys
 from pathlib import Path
 
 import pytest
+from conftest import run_main
 from checkpoints import make_tiny_checkpoint
 from typer.testing import CliRunner
 
@@ -181,15 +180,6 @@ def test_first_difference() -> None:
 
 
 # ── bad inputs through the real entry point: one line on stderr, exit ≠ 0, no traceback ───────
-
-
-def run_main(monkeypatch, capsys, args: list[str]) -> tuple[int, str, str]:
-    monkeypatch.setattr(sys, "argv", ["entropix", *args])
-    monkeypatch.setattr(sys, "stdin", io.StringIO(""))
-    with pytest.raises(SystemExit) as exit_:
-        cli.main()
-    out, err = capsys.readouterr()
-    return exit_.value.code, out, err
 
 
 def test_bad_inputs_are_one_line(monkeypatch, capsys, tmp_path: Path) -> None:
