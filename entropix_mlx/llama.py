@@ -131,7 +131,7 @@ class Attention(nn.Module):
     def __call__(
         self, x: mx.array, mask: Any = None, cache: KVCache | None = None
     ) -> tuple[mx.array, mx.array]:
-        """Returns the layer output and the newest query's unscaled scores q·k (B, H, T)."""
+        """Returns the layer output and the newest query's scaled scores q·k/√D (B, H, T)."""
         B, L, _ = x.shape
         H, Hkv, D = self.n_heads, self.n_kv_heads, self.head_dim
         q = self.q_proj(x).reshape(B, L, H, D).transpose(0, 2, 1, 3)  # (B, H, L, D)
@@ -144,14 +144,37 @@ class Attention(nn.Module):
         T = k.shape[2]
 
         # The newest query's scores over the valid keys; GQA groups query heads per kv head.
-        # Only these raw (unscaled) scores leave the layer: the model scales and reduces all layers'
-        # rows together, since each MLX op costs ~30 µs on the CPU whatever its size.
         q_last = q if L == 1 else q[:, :, -1:, :]
-        q_last = q_last.reshape(B, Hkv, H // Hkv, D)  # (B, Hkv, G, D)
+        q_last = q_last.reshape(B, Hkv, H // Hkv, D) * self.scale  # (B, Hkv, G, D)
         scores = (q_last @ k.swapaxes(-1, -2)).reshape(B, H, T)  # (B, H, T)
         out = mx.fast.scaled_dot_product_attention(q, k, v, scale=self.scale, mask=mask)
         out = out.transpose(0, 2, 1, 3).reshape(B, L, H * D)  # (B, L, H·D)
         return self.o_proj(out), scores
+
+    def decode(
+        self, x: mx.array, cache: KVCache, rot_q: mx.array, rot_k: mx.array
+    ) -> tuple[mx.array, mx.array]:
+        """One new token (x is (B, 1, dim)), RoPE given as rotation matrices: see `Model.decode`."""
+        B = x.shape[0]
+        H, Hkv, D = self.n_heads, self.n_kv_heads, self.head_dim
+        q = self.q_proj(x).reshape(B, Hkv, H // Hkv, D) @ rot_q  # rotated, and scaled by 1/√D
+        k = self.k_proj(x).reshape(B, Hkv, 1, D) @ rot_k
+        k, v = cache.update_and_fetch(k, self.v_proj(x).reshape(B, Hkv, 1, D))
+        scores = q @ k.swapaxes(-1, -2)  # (B, Hkv, G, T): what the metrics read, and the attention
+        out = mx.softmax(scores, axis=-1, precise=True) @ v  # (B, Hkv, G, D)
+        return self.o_proj(out.reshape(B, 1, H * D)), scores.reshape(B, H, -1)
+
+
+@mx.compile
+def _rms_norm(x: mx.array, weight: mx.array, eps: float) -> mx.array:
+    """`mx.fast.rms_norm`'s arithmetic, compiled into 3 kernels instead of its CPU fallback's 6."""
+    xf = x.astype(mx.float32)
+    return (xf * mx.rsqrt(mx.mean(mx.square(xf), axis=-1, keepdims=True) + eps)).astype(x.dtype) * weight
+
+
+@mx.compile
+def _swiglu(gate: mx.array, up: mx.array) -> mx.array:
+    return nn.silu(gate) * up
 
 
 class MLP(nn.Module):
@@ -164,6 +187,9 @@ class MLP(nn.Module):
 
     def __call__(self, x: mx.array) -> mx.array:
         return self.down_proj(nn.silu(self.gate_proj(x)) * self.up_proj(x))
+
+    def decode(self, x: mx.array) -> mx.array:
+        return self.down_proj(_swiglu(self.gate_proj(x), self.up_proj(x)))
 
 
 class TransformerBlock(nn.Module):
@@ -181,6 +207,14 @@ class TransformerBlock(nn.Module):
         h = x + r
         out = h + self.mlp(self.post_attention_layernorm(h))
         return out, scores
+
+    def decode(
+        self, x: mx.array, cache: KVCache, rot_q: mx.array, rot_k: mx.array
+    ) -> tuple[mx.array, mx.array]:
+        norm1, norm2 = self.input_layernorm, self.post_attention_layernorm
+        r, scores = self.self_attn.decode(_rms_norm(x, norm1.weight, norm1.eps), cache, rot_q, rot_k)
+        h = x + r
+        return h + self.mlp.decode(_rms_norm(h, norm2.weight, norm2.eps)), scores
 
 
 class LlamaModel(nn.Module):
@@ -200,6 +234,8 @@ class Model(nn.Module):
         self.model = LlamaModel(args)
         if not args.tie_word_embeddings:
             self.lm_head = nn.Linear(args.hidden_size, args.vocab_size, bias=False)
+        # Whether a one-token step takes `decode`'s composed path; None: on MLX's CPU backend only.
+        self.composed_decode: bool | None = None
 
     def __call__(
         self, inputs: mx.array, cache: list[KVCache] | None = None, all_logits: bool = False
@@ -209,6 +245,11 @@ class Model(nn.Module):
         Only the last position's logits are computed unless `all_logits` (the head is ~20 % of a
         small model's prefill FLOPs).
         """
+        composed = self.composed_decode
+        if composed is None:
+            composed = mx.default_device() == mx.cpu
+        if composed and cache is not None and inputs.shape[1] == 1 and not all_logits:
+            return self.decode(inputs, cache)
         h = self.model.embed_tokens(inputs)  # (B, L, dim)
         mask = "causal" if inputs.shape[1] > 1 else None
         layer_caches = cache if cache is not None else [None] * len(self.model.layers)
@@ -218,13 +259,43 @@ class Model(nn.Module):
             rows.append(scores)
         if not all_logits:
             h = h[:, -1, :] if h.shape[1] > 1 else h.reshape(h.shape[0], -1)  # (B, dim)
+        return self._output(h, rows)
+
+    def decode(self, inputs: mx.array, cache: list[KVCache]) -> ModelOutput:
+        """One new token per sequence, the same numbers as `__call__` in fewer MLX operations.
+
+        On the CPU `mx.fast.rope`, `rms_norm` and `scaled_dot_product_attention` run as fallbacks of
+        5-15 small operations each, and every operation costs ~10 µs whatever its size. Here RoPE
+        at this position is one (D, D) rotation matrix for all layers (the softmax scale folded into
+        the queries'), attention is softmax(q·kᵀ)·v from the very scores the metrics need, and
+        RMSNorm and SwiGLU are compiled. Measured on SmolLM2: 71 → 46 ms per step.
+        """
+        h = self.model.embed_tokens(inputs)  # (B, 1, dim)
+        rot_q, rot_k = self._rotations(cache[0].offset, h.dtype)
+        rows = []
+        for layer, c in zip(self.model.layers, cache):
+            h, scores = layer.decode(h, c, rot_q, rot_k)
+            rows.append(scores)
+        return self._output(h.reshape(h.shape[0], -1), rows)
+
+    def _rotations(self, position: int, dtype: mx.Dtype) -> tuple[mx.array, mx.array]:
+        """RoPE at `position` as `x @ R` for queries (times 1/√D) and keys; angles in float64."""
+        attn = self.model.layers[0].self_attn
+        angles = position / np.asarray(attn._freqs, dtype=np.float64)  # the periods rope uses
+        cos, sin = np.cos(angles), np.sin(angles)
+        half = np.arange(len(angles))
+        rot = np.zeros((2 * len(angles),) * 2)
+        rot[half, half] = rot[half + len(angles), half + len(angles)] = cos
+        rot[half, half + len(angles)], rot[half + len(angles), half] = sin, -sin
+        return mx.array(rot * attn.scale, dtype=dtype), mx.array(rot, dtype=dtype)
+
+    def _output(self, h: mx.array, rows: list[mx.array]) -> ModelOutput:
         h = self.model.norm(h)
         if self.args.tie_word_embeddings:
             logits = self.model.embed_tokens.as_linear(h)
         else:
             logits = self.lm_head(h)
-        scores = mx.stack(rows, axis=1) * self.model.layers[0].self_attn.scale  # (B, layers, H, T)
-        return ModelOutput(logits, scores)
+        return ModelOutput(logits, mx.stack(rows, axis=1))  # scores (B, layers, H, T)
 
     def make_cache(self) -> list[KVCache]:
         return [KVCache() for _ in self.model.layers]

@@ -94,6 +94,23 @@ def test_dense_layout_equals_quantized_layout(checkpoints, name: str) -> None:
     assert diff < FLOAT32_TOL
 
 
+@pytest.mark.parametrize("name", ["f32-untied", "q4g64-tied"])
+def test_composed_decode_equals_the_fused_kernel_path(checkpoints, name: str) -> None:
+    """The CPU's one-token path (`Model.decode`) gives the numbers of `mx.fast`'s kernels."""
+    model, _, _ = load(checkpoints[name], layout="quantized" if "q" in name[:2] else "auto")
+    ids = prompt_ids(262, model.args.vocab_size, seed=7)
+    runs = {}
+    for composed in (True, False):
+        model.composed_decode = composed
+        cache = model.make_cache()
+        model(ids[:, :250], cache)
+        runs[composed] = [model(ids[:, i : i + 1], cache) for i in range(250, 262)]  # crosses 256
+    model.composed_decode = None
+    for ours, fused in zip(runs[True], runs[False], strict=True):
+        assert max_abs(ours.logits, fused.logits) < FLOAT32_TOL
+        assert ours.scores.shape == fused.scores.shape and max_abs(ours.scores, fused.scores) < 1e-5
+
+
 @pytest.fixture(scope="module")
 def f32_model(checkpoints):
     model, _, _ = load(checkpoints["f32-untied"])
@@ -196,15 +213,22 @@ def test_tiny_config_exercises_all_three_llama3_bands() -> None:
     assert ((wavelens >= 32 / 4) & (wavelens <= 32)).any()
 
 
-def test_model_rotates_queries_by_position_times_scaled_frequency(f32_model) -> None:
-    """The attention's RoPE past the original context equals rotate-half in float64."""
+@pytest.mark.parametrize("path", ["mx.fast.rope", "rotation matrix"])
+def test_model_rotates_queries_by_position_times_scaled_frequency(f32_model, path: str) -> None:
+    """The attention's RoPE past the original context equals rotate-half in float64, both the
+    prompt's kernel and the one-token decode's matrices (keys; queries also carry 1/√D)."""
     attn = f32_model.layers[0].self_attn
     D = attn.head_dim
     inv_freq = meta_llama3_inv_freq(100.0, D, TINY)
-    x = np.random.default_rng(6).standard_normal((1, 2, 5, D)).astype(np.float32)  # (B, H, L, D)
-    offset = 200
-    ours = np.array(attn.rope(mx.array(x), offset))
-    angles = (offset + np.arange(5))[:, None] * inv_freq[None, :]  # (L, D/2)
+    offset, L = 200, 5 if path == "mx.fast.rope" else 1
+    x = np.random.default_rng(6).standard_normal((1, 2, L, D)).astype(np.float32)  # (B, H, L, D)
+    if path == "mx.fast.rope":
+        ours = np.array(attn.rope(mx.array(x), offset))
+    else:
+        rot_q, rot_k = f32_model._rotations(offset, mx.float32)
+        ours = np.array(mx.array(x) @ rot_k)
+        np.testing.assert_allclose(np.array(rot_q), np.array(rot_k) * attn.scale, rtol=1e-6)
+    angles = (offset + np.arange(L))[:, None] * inv_freq[None, :]  # (L, D/2)
     cos, sin = np.cos(angles), np.sin(angles)
     x1, x2 = x[..., : D // 2].astype(np.float64), x[..., D // 2 :].astype(np.float64)
     expected = np.concatenate([x1 * cos - x2 * sin, x2 * cos + x1 * sin], axis=-1)

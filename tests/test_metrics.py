@@ -211,13 +211,17 @@ def test_attention_metrics_match_recomputation_from_the_real_model(
     tiny_model: Model, prompt_len: int, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     inputs: dict[int, list[np.ndarray]] = {}  # layer → normed inputs of each call, (L, dim)
-    original = llama.Attention.__call__
 
-    def recording(self, x, mask=None, cache=None):  # noqa: ANN001, ANN202
-        inputs.setdefault(id(self), []).append(np.array(x[0]).astype(np.float64))
-        return original(self, x, mask, cache)
+    def recording(method):  # noqa: ANN001, ANN202
+        def record(self, x, *args):  # noqa: ANN001, ANN202
+            inputs.setdefault(id(self), []).append(np.array(x[0]).astype(np.float64))
+            return method(self, x, *args)
 
-    monkeypatch.setattr(llama.Attention, "__call__", recording)
+        return record
+
+    # The prompt goes through __call__, the decode step through `decode` on the CPU.
+    for name in ("__call__", "decode"):
+        monkeypatch.setattr(llama.Attention, name, recording(getattr(llama.Attention, name)))
     prompt = mx.random.randint(0, 100, (1, prompt_len), key=mx.random.key(prompt_len))
     cache = tiny_model.make_cache()
     steps = [tiny_model(prompt, cache)]

@@ -8,10 +8,13 @@ import subprocess
 import sys
 from pathlib import Path
 
+import mlx.core as mx
+import numpy as np
 import pytest
 from checkpoints import make_tiny_checkpoint
 from conftest import BLAS, DATA
 
+from entropix_mlx import blas
 from entropix_mlx.generate import generate
 from entropix_mlx.loading import load
 from entropix_mlx.metrics import METRIC_NAMES
@@ -54,3 +57,36 @@ def test_without_openblas_the_cli_says_so_once_and_answers_the_same(tmp_path: Pa
     if BLAS.startswith("OpenBLAS"):  # this machine has it: the normal run is quiet about BLAS
         assert "note: BLAS" not in fast.stderr
     assert slow.stdout == fast.stdout and slow.stdout.strip()
+
+
+@pytest.mark.skipif(not BLAS.startswith("OpenBLAS"), reason="the gemv shim sits in front of OpenBLAS")
+def test_one_row_and_one_column_products_go_to_gemv_and_stay_exact() -> None:
+    assert "no gemv shim" not in BLAS  # `make install` builds it: a failed build must not pass
+    rng = np.random.default_rng(0)
+    a, b = rng.standard_normal((1, 7), np.float32), rng.standard_normal((7, 5), np.float32)
+    m, v = rng.standard_normal((5, 7), np.float32), rng.standard_normal((7, 1), np.float32)
+    stored_t = lambda x: mx.array(np.ascontiguousarray(x.T)).T  # noqa: E731  (a transposed view)
+    batch = rng.standard_normal((3, 1, 7), np.float32), rng.standard_normal((3, 7, 4), np.float32)
+    c = rng.standard_normal((1, 5), np.float32)
+    cases = {  # every layout of op(a) and op(b) that sgemm receives, and beta != 0
+        "row @ matrix": (mx.array(a) @ mx.array(b), a @ b),
+        "row @ matrixᵀ": (mx.array(a) @ stored_t(b), a @ b),
+        "rowᵀ @ matrix": (stored_t(a) @ mx.array(b), a @ b),
+        "matrix @ column": (mx.array(m) @ mx.array(v), m @ v),
+        "matrixᵀ @ column": (stored_t(m) @ mx.array(v), m @ v),
+        "matrix @ columnᵀ": (mx.array(m) @ stored_t(v), m @ v),
+        "batched rows": (mx.array(batch[0]) @ mx.array(batch[1]), batch[0] @ batch[1]),
+        "addmm": (mx.addmm(mx.array(c), mx.array(a), mx.array(b), 0.5, 2.0), 0.5 * (a @ b) + 2.0 * c),
+        "dot (sgemm)": (mx.array(a) @ mx.array(v), a @ v),
+    }
+    before = blas.gemv_calls()
+    for name, (got, want) in cases.items():
+        np.testing.assert_allclose(np.array(got), want, rtol=1e-5, atol=1e-5, err_msg=name)
+    assert blas.gemv_calls() - before >= len(cases) - 1  # all but the dot (the batch counts 3 here)
+
+
+def test_without_the_gemv_shim_blas_status_says_how_to_get_it(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(blas, "_shim", lambda: None)
+    assert blas._describe("/lib/libopenblas.so") == (
+        "OpenBLAS (/lib/libopenblas.so; no gemv shim: reinstall with a C compiler for faster decoding)"
+    )

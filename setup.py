@@ -1,0 +1,11 @@
+"""Only the optional BLAS shim lives here; everything else is in pyproject.toml."""
+
+import sys
+
+from setuptools import Extension, setup
+
+# A plain shared library (loaded with ctypes by entropix_mlx/blas.py, never imported), built where
+# MLX's CPU backend uses a system BLAS. `optional`: no C compiler only costs decode speed.
+GEMV = Extension("entropix_mlx._gemv", ["entropix_mlx/_gemv.c"], optional=True)
+
+setup(ext_modules=[GEMV] if sys.platform.startswith("linux") else [])
