@@ -11,6 +11,7 @@ import mlx.core as mx
 import mlx.nn as nn
 import numpy as np
 
+from . import cpu_ops
 from .cache import KVCache
 
 @dataclass
@@ -129,7 +130,7 @@ class Attention(nn.Module):
         )
 
     def __call__(
-        self, x: mx.array, mask: Any = None, cache: KVCache | None = None
+        self, x: mx.array, mask: Any = None, cache: KVCache | None = None, composed: bool = False
     ) -> tuple[mx.array, mx.array]:
         """Returns the layer output and the newest query's scaled scores q·k/√D (B, H, T)."""
         B, L, _ = x.shape
@@ -147,7 +148,10 @@ class Attention(nn.Module):
         q_last = q if L == 1 else q[:, :, -1:, :]
         q_last = q_last.reshape(B, Hkv, H // Hkv, D) * self.scale  # (B, Hkv, G, D)
         scores = (q_last @ k.swapaxes(-1, -2)).reshape(B, H, T)  # (B, H, T)
-        out = mx.fast.scaled_dot_product_attention(q, k, v, scale=self.scale, mask=mask)
+        if composed:
+            out = cpu_ops.attention(q, k, v, self.scale, causal=mask is not None)
+        else:
+            out = mx.fast.scaled_dot_product_attention(q, k, v, scale=self.scale, mask=mask)
         out = out.transpose(0, 2, 1, 3).reshape(B, L, H * D)  # (B, L, H·D)
         return self.o_proj(out), scores
 
@@ -161,20 +165,8 @@ class Attention(nn.Module):
         k = self.k_proj(x).reshape(B, Hkv, 1, D) @ rot_k
         k, v = cache.update_and_fetch(k, self.v_proj(x).reshape(B, Hkv, 1, D))
         scores = q @ k.swapaxes(-1, -2)  # (B, Hkv, G, T): what the metrics read, and the attention
-        out = mx.softmax(scores, axis=-1, precise=True) @ v  # (B, Hkv, G, D)
+        out = cpu_ops.softmax(scores) @ v  # (B, Hkv, G, D)
         return self.o_proj(out.reshape(B, 1, H * D)), scores.reshape(B, H, -1)
-
-
-@mx.compile
-def _rms_norm(x: mx.array, weight: mx.array, eps: float) -> mx.array:
-    """`mx.fast.rms_norm`'s arithmetic, compiled into 3 kernels instead of its CPU fallback's 6."""
-    xf = x.astype(mx.float32)
-    return (xf * mx.rsqrt(mx.mean(mx.square(xf), axis=-1, keepdims=True) + eps)).astype(x.dtype) * weight
-
-
-@mx.compile
-def _swiglu(gate: mx.array, up: mx.array) -> mx.array:
-    return nn.silu(gate) * up
 
 
 class MLP(nn.Module):
@@ -185,11 +177,9 @@ class MLP(nn.Module):
         self.up_proj = nn.Linear(dim, hidden, bias=args.mlp_bias)
         self.down_proj = nn.Linear(hidden, dim, bias=args.mlp_bias)
 
-    def __call__(self, x: mx.array) -> mx.array:
-        return self.down_proj(nn.silu(self.gate_proj(x)) * self.up_proj(x))
-
-    def decode(self, x: mx.array) -> mx.array:
-        return self.down_proj(_swiglu(self.gate_proj(x), self.up_proj(x)))
+    def __call__(self, x: mx.array, composed: bool = False) -> mx.array:
+        gate, up = self.gate_proj(x), self.up_proj(x)
+        return self.down_proj(cpu_ops.swiglu(gate, up) if composed else nn.silu(gate) * up)
 
 
 class TransformerBlock(nn.Module):
@@ -201,20 +191,21 @@ class TransformerBlock(nn.Module):
         self.post_attention_layernorm = nn.RMSNorm(args.hidden_size, eps=args.rms_norm_eps)
 
     def __call__(
-        self, x: mx.array, mask: Any = None, cache: KVCache | None = None
+        self, x: mx.array, mask: Any = None, cache: KVCache | None = None, composed: bool = False
     ) -> tuple[mx.array, mx.array]:
-        r, scores = self.self_attn(self.input_layernorm(x), mask, cache)
+        r, scores = self.self_attn(self.input_layernorm(x), mask, cache, composed)
         h = x + r
-        out = h + self.mlp(self.post_attention_layernorm(h))
+        out = h + self.mlp(self.post_attention_layernorm(h), composed)
         return out, scores
 
     def decode(
         self, x: mx.array, cache: KVCache, rot_q: mx.array, rot_k: mx.array
     ) -> tuple[mx.array, mx.array]:
         norm1, norm2 = self.input_layernorm, self.post_attention_layernorm
-        r, scores = self.self_attn.decode(_rms_norm(x, norm1.weight, norm1.eps), cache, rot_q, rot_k)
+        x_1 = cpu_ops.rms_norm(x, norm1.weight, norm1.eps)
+        r, scores = self.self_attn.decode(x_1, cache, rot_q, rot_k)
         h = x + r
-        return h + self.mlp.decode(_rms_norm(h, norm2.weight, norm2.eps)), scores
+        return h + self.mlp(cpu_ops.rms_norm(h, norm2.weight, norm2.eps), composed=True), scores
 
 
 class LlamaModel(nn.Module):
@@ -234,8 +225,8 @@ class Model(nn.Module):
         self.model = LlamaModel(args)
         if not args.tie_word_embeddings:
             self.lm_head = nn.Linear(args.hidden_size, args.vocab_size, bias=False)
-        # Whether a one-token step takes `decode`'s composed path; None: on MLX's CPU backend only.
-        self.composed_decode: bool | None = None
+        # Whether to run `cpu_ops` and `decode` instead of `mx.fast`'s kernels; None: on the CPU.
+        self.composed: bool | None = None
 
     def __call__(
         self, inputs: mx.array, cache: list[KVCache] | None = None, all_logits: bool = False
@@ -245,9 +236,7 @@ class Model(nn.Module):
         Only the last position's logits are computed unless `all_logits` (the head is ~20 % of a
         small model's prefill FLOPs).
         """
-        composed = self.composed_decode
-        if composed is None:
-            composed = mx.default_device() == mx.cpu
+        composed = mx.default_device() == mx.cpu if self.composed is None else self.composed
         if composed and cache is not None and inputs.shape[1] == 1 and not all_logits:
             return self.decode(inputs, cache)
         h = self.model.embed_tokens(inputs)  # (B, L, dim)
@@ -255,7 +244,7 @@ class Model(nn.Module):
         layer_caches = cache if cache is not None else [None] * len(self.model.layers)
         rows = []
         for layer, c in zip(self.model.layers, layer_caches):
-            h, scores = layer(h, mask, c)
+            h, scores = layer(h, mask, c, composed)
             rows.append(scores)
         if not all_logits:
             h = h[:, -1, :] if h.shape[1] > 1 else h.reshape(h.shape[0], -1)  # (B, dim)
@@ -264,11 +253,10 @@ class Model(nn.Module):
     def decode(self, inputs: mx.array, cache: list[KVCache]) -> ModelOutput:
         """One new token per sequence, the same numbers as `__call__` in fewer MLX operations.
 
-        On the CPU `mx.fast.rope`, `rms_norm` and `scaled_dot_product_attention` run as fallbacks of
-        5-15 small operations each, and every operation costs ~10 µs whatever its size. Here RoPE
-        at this position is one (D, D) rotation matrix for all layers (the softmax scale folded into
-        the queries'), attention is softmax(q·kᵀ)·v from the very scores the metrics need, and
-        RMSNorm and SwiGLU are compiled. Measured on SmolLM2: 71 → 46 ms per step.
+        On the CPU `mx.fast.rope` runs as a fallback of ~15 small operations, and every operation
+        costs ~10 µs whatever its size (see `cpu_ops`). Here RoPE at this position is one (D, D)
+        rotation matrix for all layers (the softmax scale folded into the queries'), and attention
+        is softmax(q·kᵀ)·v from the very scores the metrics need.
         """
         h = self.model.embed_tokens(inputs)  # (B, 1, dim)
         rot_q, rot_k = self._rotations(cache[0].offset, h.dtype)
@@ -283,10 +271,11 @@ class Model(nn.Module):
         attn = self.model.layers[0].self_attn
         angles = position / np.asarray(attn._freqs, dtype=np.float64)  # the periods rope uses
         cos, sin = np.cos(angles), np.sin(angles)
-        half = np.arange(len(angles))
-        rot = np.zeros((2 * len(angles),) * 2)
-        rot[half, half] = rot[half + len(angles), half + len(angles)] = cos
-        rot[half, half + len(angles)], rot[half + len(angles), half] = sin, -sin
+        n = len(angles)
+        i = np.arange(n)
+        rot = np.zeros((2 * n, 2 * n))
+        rot[i, i] = rot[i + n, i + n] = cos  # x @ rot = [x₁·cos − x₂·sin, x₂·cos + x₁·sin]
+        rot[i + n, i], rot[i, i + n] = -sin, sin
         return mx.array(rot * attn.scale, dtype=dtype), mx.array(rot, dtype=dtype)
 
     def _output(self, h: mx.array, rows: list[mx.array]) -> ModelOutput:

@@ -95,17 +95,20 @@ def test_dense_layout_equals_quantized_layout(checkpoints, name: str) -> None:
 
 
 @pytest.mark.parametrize("name", ["f32-untied", "q4g64-tied"])
-def test_composed_decode_equals_the_fused_kernel_path(checkpoints, name: str) -> None:
-    """The CPU's one-token path (`Model.decode`) gives the numbers of `mx.fast`'s kernels."""
-    model, _, _ = load(checkpoints[name], layout="quantized" if "q" in name[:2] else "auto")
+def test_cpu_ops_path_equals_the_fused_kernel_path(checkpoints, name: str) -> None:
+    """`cpu_ops` and `Model.decode` give the numbers of `mx.fast`'s kernels: a whole prompt, a
+    chunk after a cached prefix, and one-token steps across the cache's growth."""
+    model, _, _ = load(checkpoints[name], layout="quantized" if name.startswith("q") else "auto")
     ids = prompt_ids(262, model.args.vocab_size, seed=7)
     runs = {}
     for composed in (True, False):
-        model.composed_decode = composed
+        model.composed = composed
         cache = model.make_cache()
-        model(ids[:, :250], cache)
-        runs[composed] = [model(ids[:, i : i + 1], cache) for i in range(250, 262)]  # crosses 256
-    model.composed_decode = None
+        outs = [model(ids[:, :200], all_logits=True), model(ids[:, :180], cache)]
+        outs.append(model(ids[:, 180:250], cache, all_logits=True))
+        outs += [model(ids[:, i : i + 1], cache) for i in range(250, 262)]  # crosses 256
+        runs[composed] = outs
+    model.composed = None
     for ours, fused in zip(runs[True], runs[False], strict=True):
         assert max_abs(ours.logits, fused.logits) < FLOAT32_TOL
         assert ours.scores.shape == fused.scores.shape and max_abs(ours.scores, fused.scores) < 1e-5
