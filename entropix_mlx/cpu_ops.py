@@ -53,6 +53,9 @@ def rms_norm(x: mx.array, weight: mx.array, eps: float) -> mx.array:
     return (xf * mx.rsqrt(mx.mean(mx.square(xf), axis=-1, keepdims=True) + eps)).astype(x.dtype) * weight
 
 
+_QUERY_BLOCK = 128
+
+
 def attention(q: mx.array, k: mx.array, v: mx.array, scale: float, causal: bool) -> mx.array:
     """softmax(q·kᵀ·scale)·v for (B, H, L, D) queries over (B, Hkv, T, D) keys and values.
 
@@ -61,6 +64,14 @@ def attention(q: mx.array, k: mx.array, v: mx.array, scale: float, causal: bool)
     """
     B, H, L, D = q.shape
     Hkv, T = k.shape[1], k.shape[2]
+    if causal and L > _QUERY_BLOCK:
+        # Each block of queries over only the keys it can see: most of the masked half of the
+        # scores, and its exps, is never computed (a 500-token prompt: 1.6 → 1.1 s).
+        blocks = []
+        for start in range(0, L, _QUERY_BLOCK):
+            end, seen = min(start + _QUERY_BLOCK, L), T - L + min(start + _QUERY_BLOCK, L)
+            blocks.append(attention(q[:, :, start:end], k[:, :, :seen], v[:, :, :seen], scale, True))
+        return mx.concatenate(blocks, axis=2)
     scores = (q * scale).reshape(B, Hkv, H // Hkv * L, D) @ k.swapaxes(-1, -2)  # (B, Hkv, G·L, T)
     if causal:
         visible = mx.arange(T)[None] <= mx.arange(T - L, T)[:, None]  # (L, T)

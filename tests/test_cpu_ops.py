@@ -50,7 +50,8 @@ def test_rms_norm_matches_mx_fast() -> None:
     assert mx.abs(cpu_ops.rms_norm(x, w, 1e-5) - mx.fast.rms_norm(x, w, 1e-5)).max().item() < 1e-6
 
 
-@pytest.mark.parametrize("L, T", [(1, 1), (1, 40), (7, 7), (7, 40)])  # cached prefixes: T > L
+# T > L: a cached prefix; L > 128: queries in blocks, each over the keys it can see.
+@pytest.mark.parametrize("L, T", [(1, 1), (1, 40), (7, 7), (7, 40), (300, 300), (130, 400)])
 def test_attention_matches_float64_with_grouped_heads_and_causal_offset(L: int, T: int) -> None:
     rng = np.random.default_rng(L * 100 + T)
     B, H, Hkv, D = 2, 6, 2, 16
