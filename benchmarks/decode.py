@@ -1,7 +1,8 @@
 """Prefill and decode tokens/s: our greedy and entropix decoding vs mlx-lm's `generate_step`.
 
 Same weights, same device, same BLAS, one process. mlx-lm's Llama is given our loaded parameters
-(same names), so both engines run identical tensors in the same layout.
+(same names), so both engines run identical tensors in the same layout. Where llama-cpp-python is
+installed (not a dependency) and the model is a GGUF file, llama.cpp runs the same file for context.
 
     python benchmarks/decode.py [--model M] [--layout auto|dense|quantized] [--prompt-tokens 500] [--tokens 128]
 """
@@ -9,6 +10,8 @@ Same weights, same device, same BLAS, one process. mlx-lm's Llama is given our l
 from __future__ import annotations
 
 import argparse
+import importlib.util
+import os
 import time
 
 from entropix_mlx import blas
@@ -55,6 +58,17 @@ def bench_mlx_lm(model, prompt: list[int], tokens: int) -> tuple[float, float]: 
     return len(prompt) / (times[0] - t0), (len(times) - 1) / (times[-1] - times[0])
 
 
+def bench_llama_cpp(path: str, prompt: list[int], tokens: int) -> tuple[float, float]:
+    from llama_cpp import Llama
+
+    llm = Llama(model_path=path, n_ctx=len(prompt) + tokens + 8, n_threads=os.cpu_count(), verbose=False)
+    t0 = time.perf_counter()
+    times = []
+    for _, _ in zip(llm.generate(prompt, top_k=1, temp=0.0, reset=True), range(tokens)):
+        times.append(time.perf_counter())
+    return len(prompt) / (times[0] - t0), (len(times) - 1) / (times[-1] - times[0])
+
+
 def bench_ours(model, tokenizer, prompt: list[int], tokens: int, sampler: str) -> tuple[float, float]:  # noqa: ANN001
     # No stop ids: every engine decodes exactly `tokens` tokens.
     events = list(generate(model, tokenizer, prompt, sampler=sampler, max_tokens=tokens, seed=0,
@@ -86,6 +100,8 @@ def main() -> None:
             rows["mlx-lm greedy, quantized"] = lambda: bench_mlx_lm(theirs_q, ids, args.tokens)
     rows["ours greedy"] = lambda: bench_ours(model, tokenizer, ids, args.tokens, "greedy")
     rows["ours entropix"] = lambda: bench_ours(model, tokenizer, ids, args.tokens, "entropix")
+    if importlib.util.find_spec("llama_cpp") and info.path.suffix == ".gguf":
+        rows["llama.cpp (context)"] = lambda: bench_llama_cpp(str(info.path), ids, args.tokens)
     print(f"model {info.name} · {info.quantization} · our layout {info.layout} · device {info.device}")
     print(f"BLAS {BLAS}")
     print(f"prompt {len(ids)} tokens, decode {args.tokens} tokens (no stop), best of {args.repeats}")

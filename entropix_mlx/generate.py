@@ -75,14 +75,10 @@ def prefill(
     ids: Sequence[int],
     cache: list[KVCache],
     *,
-    chunk: int = 256,
+    chunk: int = 512,
     progress: Callable[[int, int], None] | None = None,
 ) -> ModelOutput:
-    """Feed the prompt in chunks (bounded memory on long prompts); return the last position's output.
-
-    256: on a 2-core CPU, SmolLM2 prefills 300-1000 tokens 5-15 % faster than with 512-token chunks
-    (the causal attention's work shrinks faster than the matmuls' efficiency does).
-    """
+    """Feed the prompt in chunks (bounded memory on long prompts); return the last position's output."""
     if not ids:
         raise ValueError("prefill needs at least one token")
     for start in range(0, len(ids), chunk):
