@@ -50,7 +50,8 @@ def swiglu(gate: mx.array, up: mx.array) -> mx.array:
 def rms_norm(x: mx.array, weight: mx.array, eps: float) -> mx.array:
     """`mx.fast.rms_norm`'s arithmetic in 3 kernels instead of its CPU fallback's 6."""
     xf = x.astype(mx.float32)
-    return (xf * mx.rsqrt(mx.mean(mx.square(xf), axis=-1, keepdims=True) + eps)).astype(x.dtype) * weight
+    normed = xf * mx.rsqrt(mx.mean(mx.square(xf), axis=-1, keepdims=True) + eps)
+    return normed.astype(x.dtype) * weight
 
 
 _QUERY_BLOCK = 128

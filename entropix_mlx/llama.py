@@ -193,19 +193,23 @@ class TransformerBlock(nn.Module):
     def __call__(
         self, x: mx.array, mask: Any = None, cache: KVCache | None = None, composed: bool = False
     ) -> tuple[mx.array, mx.array]:
-        r, scores = self.self_attn(self.input_layernorm(x), mask, cache, composed)
+        r, scores = self.self_attn(_norm(self.input_layernorm, x, composed), mask, cache, composed)
         h = x + r
-        out = h + self.mlp(self.post_attention_layernorm(h), composed)
+        out = h + self.mlp(_norm(self.post_attention_layernorm, h, composed), composed)
         return out, scores
 
     def decode(
         self, x: mx.array, cache: KVCache, rot_q: mx.array, rot_k: mx.array
     ) -> tuple[mx.array, mx.array]:
-        norm1, norm2 = self.input_layernorm, self.post_attention_layernorm
-        x_1 = cpu_ops.rms_norm(x, norm1.weight, norm1.eps)
-        r, scores = self.self_attn.decode(x_1, cache, rot_q, rot_k)
+        normed = _norm(self.input_layernorm, x, composed=True)
+        r, scores = self.self_attn.decode(normed, cache, rot_q, rot_k)
         h = x + r
-        return h + self.mlp(cpu_ops.rms_norm(h, norm2.weight, norm2.eps), composed=True), scores
+        out = h + self.mlp(_norm(self.post_attention_layernorm, h, composed=True), composed=True)
+        return out, scores
+
+
+def _norm(norm: nn.RMSNorm, x: mx.array, composed: bool) -> mx.array:
+    return cpu_ops.rms_norm(x, norm.weight, norm.eps) if composed else norm(x)
 
 
 class LlamaModel(nn.Module):
