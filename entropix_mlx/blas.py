@@ -57,7 +57,8 @@ def _shim_path() -> str | None:
 @functools.cache
 def _shim() -> ctypes.CDLL | None:
     """The shim loaded locally: its pointers can be set before anything can bind to it."""
-    lib = _load(_shim_path(), ctypes.RTLD_LOCAL) if _shim_path() else None
+    path = _shim_path()
+    lib = _load(path, ctypes.RTLD_LOCAL) if path else None
     return lib if isinstance(lib, ctypes.CDLL) else None
 
 
@@ -83,8 +84,10 @@ def _openblas(path: str) -> str | None:
 
 def _describe(path: str) -> str:
     shim = _shim()
-    if shim is None or ctypes.c_void_p.in_dll(shim, "entropix_sgemv").value is None:
+    if shim is None:
         return f"OpenBLAS ({path}; no gemv shim: reinstall with a C compiler for faster decoding)"
+    if ctypes.c_void_p.in_dll(shim, "entropix_sgemv").value is None:  # `_openblas` left it out
+        return f"OpenBLAS ({path}; no cblas_sgemv in it: decoding's 1-row products stay on sgemm)"
     return f"OpenBLAS ({path})"
 
 
