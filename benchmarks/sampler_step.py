@@ -12,15 +12,14 @@ import argparse
 import statistics
 import time
 
-from entropix_mlx import blas
+import entropix_mlx  # first: it sets up the BLAS before MLX binds its symbols
 
-BLAS = blas.preload_blas()
+# isort: split
+import mlx.core as mx
 
-import mlx.core as mx  # noqa: E402
-
-from entropix_mlx.metrics import step_metrics  # noqa: E402
-from entropix_mlx.profiles import SamplerConfig  # noqa: E402
-from entropix_mlx.sampler import make_sampler  # noqa: E402
+from entropix_mlx.engine.config import SamplerConfig
+from entropix_mlx.engine.metrics import step_metrics
+from entropix_mlx.engine.sampler import make_sampler
 
 LAYERS, HEADS, CONTEXT = 30, 9, 512  # SmolLM2-135M's attention shape, a mid-length context
 
@@ -46,14 +45,16 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--steps", type=int, default=200)
     args = ap.parse_args()
-    print(f"device {mx.default_device()} · BLAS {BLAS}")
+    print(f"device {mx.default_device()} · BLAS {entropix_mlx.model.backend.blas_status()}")
     print(f"{'vocab':>8} {'logit scale':>12} {'sampler':>9} {'mean ms':>8} {'p90 ms':>8}")
     for vocab in (49_152, 128_256):
         for scale in (1.0, 4.0):
             for name in ("greedy", "entropix"):
                 t = sorted(step_times(vocab, scale, args.steps, name))
                 p90 = t[int(0.9 * len(t))]
-                print(f"{vocab:>8} {scale:>12.1f} {name:>9} {1e3 * statistics.mean(t):>8.2f} {1e3 * p90:>8.2f}")
+                print(
+                    f"{vocab:>8} {scale:>12.1f} {name:>9} {1e3 * statistics.mean(t):>8.2f} {1e3 * p90:>8.2f}"
+                )
 
 
 if __name__ == "__main__":

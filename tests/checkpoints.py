@@ -17,7 +17,7 @@ import mlx.core as mx
 import mlx.nn as nn
 from mlx.utils import tree_flatten
 
-from entropix_mlx.llama import Model, ModelArgs
+from entropix_mlx.model.llama import Model, ModelArgs
 
 SPECIALS = [
     "<|begin_of_text|>",
@@ -248,8 +248,8 @@ def make_tiny_gguf(
     if config.get("rope_scaling"):
         tensors["rope_freqs.weight"] = _llama_cpp_rope_factors(config)
     tensors.update(extra_tensors or {})
-    u32 = lambda v: mx.array(v, dtype=mx.uint32)  # noqa: E731
-    f32 = lambda v: mx.array(v, dtype=mx.float32)  # noqa: E731
+    u32 = lambda v: mx.array(v, dtype=mx.uint32)
+    f32 = lambda v: mx.array(v, dtype=mx.float32)
     arch = architecture
     metadata = {
         "general.architecture": arch,

@@ -9,10 +9,10 @@ from pathlib import Path
 
 import pytest
 
-from entropix_mlx import blas
+import entropix_mlx  # noqa: F401 (before any test module imports MLX: it sets up the BLAS)
+from entropix_mlx.model import backend
 
-# Before any test module imports MLX: its BLAS symbols bind at import (see entropix_mlx/blas.py).
-BLAS = blas.preload_blas()
+BLAS = backend.blas_status()
 
 
 def pytest_report_header() -> str:
@@ -59,7 +59,7 @@ def mistral_spm_model() -> Path:
     return path
 
 
-def run_main(monkeypatch, capsys, args: list[str]) -> tuple[int, str, str]:  # noqa: ANN001
+def run_main(monkeypatch, capsys, args: list[str]) -> tuple[int, str, str]:
     """Run `entropix ARGS` in-process through `cli.main` (its one-line error handling included)."""
     from entropix_mlx import cli
 

@@ -10,10 +10,13 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from conftest import run_main
 from checkpoints import make_tiny_checkpoint
+from conftest import run_main
 
-from entropix_mlx.calibrate import (
+from entropix_mlx.engine.config import SamplerConfig, load_profile, profile_for_model
+from entropix_mlx.engine.metrics import METRIC_NAMES
+from entropix_mlx.errors import EntropixError
+from entropix_mlx.lab.calibrate import (
     THRESHOLDS,
     Quantiles,
     calibrate_profile,
@@ -23,10 +26,7 @@ from entropix_mlx.calibrate import (
     quadrant_mix,
     render_profile_toml,
 )
-from entropix_mlx.errors import EntropixError
-from entropix_mlx.loading import load
-from entropix_mlx.metrics import METRIC_NAMES
-from entropix_mlx.profiles import SamplerConfig, load_profile, profile_for_model
+from entropix_mlx.model.load import load
 
 PACKAGE = Path(__file__).resolve().parents[1] / "entropix_mlx"
 SMOLLM2 = "SmolLM2-135M-Instruct.Q4_1"
@@ -42,8 +42,16 @@ def synthetic(n: int = 4001, seed: int = 0) -> dict[str, list[float]]:
 
 
 def header(samples: dict[str, list[float]], q: Quantiles = Quantiles()) -> str:
-    return calibration_header(model="m", prompts_file="p.jsonl", prompts=3, max_tokens=8,
-                              quantiles=q, base=SamplerConfig(), date="2024-01-01", samples=samples)  # fmt: skip
+    return calibration_header(
+        model="m",
+        prompts_file="p.jsonl",
+        prompts=3,
+        max_tokens=8,
+        quantiles=q,
+        base=SamplerConfig(),
+        date="2024-01-01",
+        samples=samples,
+    )
 
 
 # ── the pure part ─────────────────────────────────────────────────────────────────────────────
@@ -61,9 +69,13 @@ def test_thresholds_sit_at_the_stated_quantiles(q: Quantiles) -> None:
         np.quantile(v, [q.low, q.high]), rel=1e-12
     )
     # Independent of numpy: the stated fraction of the tokens lies below each threshold.
-    for values, threshold, frac in ((h, cfg.low_ent, q.low), (h, cfg.med_ent, q.med),
-                                    (h, cfg.high_ent, q.high), (v, cfg.low_vent, q.low),
-                                    (v, cfg.high_vent, q.high)):  # fmt: skip
+    for values, threshold, frac in (
+        (h, cfg.low_ent, q.low),
+        (h, cfg.med_ent, q.med),
+        (h, cfg.high_ent, q.high),
+        (v, cfg.low_vent, q.low),
+        (v, cfg.high_vent, q.high),
+    ):
         assert abs(np.mean(values < threshold) - frac) <= 1 / len(values)
 
 
@@ -102,10 +114,16 @@ def test_quantiles_parse() -> None:
 
 @pytest.mark.parametrize(
     ("text", "needle"),
-    [("low=20", "fraction in (0, 1)"), ("low=0.7", "must rise"), ("low=0", "fraction"),
-     ("mid=0.5", "expected low=F"), ("low", "expected low=F"), ("low=x", "'x' is not a number"),
-     ("high=1", "fraction")],
-)  # fmt: skip
+    [
+        ("low=20", "fraction in (0, 1)"),
+        ("low=0.7", "must rise"),
+        ("low=0", "fraction"),
+        ("mid=0.5", "expected low=F"),
+        ("low", "expected low=F"),
+        ("low=x", "'x' is not a number"),
+        ("high=1", "fraction"),
+    ],
+)
 def test_bad_quantiles(text: str, needle: str) -> None:
     with pytest.raises(ValueError, match=needle.replace("(", r"\(").replace(")", r"\)")):
         Quantiles.parse(text)
@@ -163,16 +181,16 @@ def test_load_prompts(tmp_path: Path) -> None:
 
 
 def test_shipped_smollm2_profile() -> None:
-    text = (PACKAGE / "profiles" / "smollm2.toml").read_text()
+    text = (PACKAGE / "engine" / "profiles" / "smollm2.toml").read_text()
     cfg = load_profile("smollm2")
     assert cfg.profile == "smollm2"
     assert 0 < cfg.low_ent < cfg.med_ent < cfg.high_ent and 0 < cfg.low_vent < cfg.high_vent
     for f in fields(SamplerConfig):  # everything but the thresholds is the reference profile's
         if f.name not in (*THRESHOLDS, "profile"):
             assert getattr(cfg, f.name) == getattr(SamplerConfig(), f.name), f.name
-    prompts = PACKAGE / "data" / "calibration_prompts.jsonl"
+    prompts = PACKAGE / "lab" / "data" / "calibration_prompts.jsonl"
     n = len(load_prompts(prompts))
-    assert "entropix_mlx/data/calibration_prompts.jsonl" in text and f"({n} prompts," in text
+    assert "entropix_mlx/lab/data/calibration_prompts.jsonl" in text and f"({n} prompts," in text
     assert f"calibrated for {SMOLLM2} by `entropix calibrate`" in text
     assert tomllib.loads(text)["models"] == [SMOLLM2]
 
@@ -212,8 +230,20 @@ def test_calibrate_end_to_end(monkeypatch, capsys, tmp_path: Path, tiny_path: Pa
     prompts = tmp_path / "prompts.txt"
     prompts.write_text("hello there\nwhat is two plus two?\nwrite a poem\n")
     out = tmp_path / "tiny.toml"
-    args = ["calibrate", "-f", str(prompts), "-o", str(out), "-m", str(tiny_path), "-n", "6",
-            "--quantiles", "low=0.1,high=0.9", "--plain"]  # fmt: skip
+    args = [
+        "calibrate",
+        "-f",
+        str(prompts),
+        "-o",
+        str(out),
+        "-m",
+        str(tiny_path),
+        "-n",
+        "6",
+        "--quantiles",
+        "low=0.1,high=0.9",
+        "--plain",
+    ]
     code, stdout, stderr = run_main(monkeypatch, capsys, args)
     assert code == 0, stderr
     assert f"wrote {out}" in stdout and "calibrated: H" in stdout and "reference: H" in stdout
@@ -269,7 +299,7 @@ def test_help_fits_one_screen(monkeypatch, capsys) -> None:
 
 
 def test_the_active_profile_is_shown(monkeypatch, capsys, tmp_path: Path, tiny_path: Path) -> None:
-    from entropix_mlx.tui import render_profile
+    from entropix_mlx.ui.render import render_profile
 
     hint = render_profile("entropix", SamplerConfig(), "smollm2").plain
     assert hint.startswith("sampler entropix · profile reference · H 0.10/3.00/5.00 bits")

@@ -14,12 +14,12 @@ import pytest
 from checkpoints import make_tiny_checkpoint
 from typer.testing import CliRunner
 
-from entropix_mlx import chat as chat_module
 from entropix_mlx import cli
-from entropix_mlx.chat import ChatSession, common_prefix
-from entropix_mlx.chat_loop import COMMANDS, run_chat
+from entropix_mlx.chat import session as chat_module
+from entropix_mlx.chat.loop import COMMANDS, run_chat
+from entropix_mlx.chat.session import ChatSession, common_prefix
 from entropix_mlx.errors import ContextFullError, EntropixError
-from entropix_mlx.loading import load
+from entropix_mlx.model.load import load
 
 
 @pytest.fixture(scope="module")
@@ -228,7 +228,9 @@ runner = CliRunner()
 
 def chat(tiny_path: Path, text: str, *args: str):
     return runner.invoke(
-        cli.app, ["chat", "--model", str(tiny_path), "-n", "5", "--seed", "1", *args], input=text
+        cli.make_app(),
+        ["chat", "--model", str(tiny_path), "-n", "5", "--seed", "1", *args],
+        input=text,
     )
 
 
@@ -331,7 +333,7 @@ def test_run_batch_jsonl_with_headers_and_one_jsonl(tiny_path: Path, tmp_path: P
     )
     out_jsonl = tmp_path / "tokens.jsonl"
     result = runner.invoke(
-        cli.app,
+        cli.make_app(),
         [
             "run",
             "-f",
@@ -357,7 +359,7 @@ def test_run_batch_jsonl_with_headers_and_one_jsonl(tiny_path: Path, tmp_path: P
 
 def test_run_json_prints_one_object_per_prompt(tiny_path: Path) -> None:
     result = runner.invoke(
-        cli.app,
+        cli.make_app(),
         ["run", "-f", "-", "--model", str(tiny_path), "-n", "3", "--json"],
         input="What is two plus two?",
     )
@@ -371,7 +373,7 @@ def test_run_json_prints_one_object_per_prompt(tiny_path: Path) -> None:
 
 def test_run_plain_text_on_a_pipe(tiny_path: Path) -> None:
     result = runner.invoke(
-        cli.app, ["run", "-f", "-", "--model", str(tiny_path), "-n", "3"], input="hi"
+        cli.make_app(), ["run", "-f", "-", "--model", str(tiny_path), "-n", "3"], input="hi"
     )
     assert result.exit_code == 0, result.output
     assert "\x1b[" not in result.stdout + result.stderr

@@ -93,7 +93,9 @@ def test_chat_like_a_person(smollm2_gguf: Path, tmp_path: Path) -> None:
         term.send("C-c")
         # rich wraps the long summary line itself, so compare with whitespace collapsed.
         screen = term.wait(
-            lambda s: "stopped (kept in the history)" in " ".join(s.split()), 10, "Ctrl-C to stop the answer"
+            lambda s: "stopped (kept in the history)" in " ".join(s.split()),
+            10,
+            "Ctrl-C to stop the answer",
         )
         assert screen.rstrip().splitlines()[-1].startswith("›")  # back at the prompt
 

@@ -8,16 +8,18 @@ import re
 from pathlib import Path
 
 import pytest
-from conftest import run_main
 from checkpoints import make_tiny_checkpoint
+from conftest import run_main
 from rich.console import Console
 from typer.testing import CliRunner
 
-from entropix_mlx import cli, tui
-from entropix_mlx.compare import MARK, Column, first_divergence, render_answer, render_compare
-from entropix_mlx.generate import Summary, TokenEvent
-from entropix_mlx.metrics import Metrics
-from entropix_mlx.sampler import SamplingParams
+from entropix_mlx import cli
+from entropix_mlx.engine.generate import Summary, TokenEvent
+from entropix_mlx.engine.metrics import Metrics
+from entropix_mlx.engine.sampler import SamplingParams
+from entropix_mlx.lab.compare import Column, first_divergence
+from entropix_mlx.ui import render as tui
+from entropix_mlx.ui.compare import MARK, render_answer, render_compare
 
 STRATEGY = {"MID": "adaptive", "LELV": "argmax", "LEHV": "explore", "HEHV": "resample"}
 
@@ -28,12 +30,22 @@ def stream(words: str, quadrants: str = "", entropy: float = 1.0) -> tuple[Token
     events = []
     for i, word in enumerate(words.split()):
         quadrant = names[quadrants[i]] if i < len(quadrants) else "MID"
-        events.append(TokenEvent(
-            index=i, token_id=sum(map(ord, word)), text=f" {word}", logprob=-0.1,
-            metrics=Metrics(entropy, 1.0, 3.0, 0.1, 0.01, 0.5), quadrant=quadrant,
-            strategy=STRATEGY[quadrant], params=SamplingParams(0.7, 0, 1.0, 0.0), inserted=False,
-            elapsed=0.05 * (i + 1), prompt_tokens=6, prefill_seconds=0.01,
-        ))  # fmt: skip
+        events.append(
+            TokenEvent(
+                index=i,
+                token_id=sum(map(ord, word)),
+                text=f" {word}",
+                logprob=-0.1,
+                metrics=Metrics(entropy, 1.0, 3.0, 0.1, 0.01, 0.5),
+                quadrant=quadrant,
+                strategy=STRATEGY[quadrant],
+                params=SamplingParams(0.7, 0, 1.0, 0.0),
+                inserted=False,
+                elapsed=0.05 * (i + 1),
+                prompt_tokens=6,
+                prefill_seconds=0.01,
+            )
+        )
     return tuple(events)
 
 
@@ -68,9 +80,11 @@ def plain_render(renderable, width: int = 80) -> str:
 
 
 def test_marker_sits_before_the_first_differing_token_in_every_column() -> None:
-    cols = [column("greedy", stream("Paris is the capital")),
-            column("entropix", stream("Paris is a city")),
-            column("sample", stream("Paris is the city"))]  # fmt: skip
+    cols = [
+        column("greedy", stream("Paris is the capital")),
+        column("entropix", stream("Paris is a city")),
+        column("sample", stream("Paris is the city")),
+    ]
     at = first_divergence([c.token_ids for c in cols])
     assert at == 2
     assert render_answer(cols[0].events, at).plain == f" Paris is{MARK} the capital"
@@ -99,8 +113,14 @@ def test_columns_are_coloured_and_mixed_as_in_chat() -> None:
         column("greedy", stream("sure thing", "LL")),
         column("entropix", stream("maybe so", "XH")),
     ]
-    console = Console(file=io.StringIO(), width=80, force_terminal=True, color_system="truecolor",
-                      theme=tui.THEME, legacy_windows=False)  # fmt: skip
+    console = Console(
+        file=io.StringIO(),
+        width=80,
+        force_terminal=True,
+        color_system="truecolor",
+        theme=tui.THEME,
+        legacy_windows=False,
+    )
     console.print(render_compare(cols, first_divergence([c.token_ids for c in cols])))
     out = console.file.getvalue()
     assert "\x1b[38;2;86;180;233m sure" in out  # LELV sky blue, as tui colours it
@@ -122,7 +142,7 @@ def tiny_path(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 def compare(tiny_path: Path, *args: str, prompt: str = "What is two plus two?"):
     return runner.invoke(
-        cli.app, ["compare", "-f", "-", "--model", str(tiny_path), *args], input=prompt
+        cli.make_app(), ["compare", "-f", "-", "--model", str(tiny_path), *args], input=prompt
     )
 
 
@@ -139,8 +159,9 @@ def test_compare_three_samplers_on_a_tiny_model(tiny_path: Path) -> None:
 
 def test_compare_same_decoder_twice_agrees_and_plots(tiny_path: Path) -> None:
     """`sample` at temperature 0 is argmax: it must agree with greedy token for token."""
-    result = compare(tiny_path, "-n", "6", "--seed", "1", "--samplers", "greedy,sample",
-                     "--temp", "0", "--plot")  # fmt: skip
+    result = compare(
+        tiny_path, "-n", "6", "--seed", "1", "--samplers", "greedy,sample", "--temp", "0", "--plot"
+    )
     assert result.exit_code == 0, result.output
     assert "all samplers chose the same 6 tokens" in result.stdout
     assert result.stdout.count("entropy H (bits) per token") == 2
@@ -156,8 +177,9 @@ def test_profile_auto_follows_the_chosen_model(
     """`--profile auto` matches the --model given, not the default model (which is SmolLM2)."""
     model = tmp_path / folder
     model.symlink_to(tiny_path, target_is_directory=True)
-    result = compare(model, "-n", "2", "--seed", "0", "--samplers", "greedy,entropix",
-                     "--profile", "auto")  # fmt: skip
+    result = compare(
+        model, "-n", "2", "--seed", "0", "--samplers", "greedy,entropix", "--profile", "auto"
+    )
     assert result.exit_code == 0, result.output
     assert f"sampler entropix · profile {profile} · " in result.stderr
 
@@ -182,5 +204,5 @@ def test_bad_inputs_are_one_line(monkeypatch, capsys, tmp_path: Path, args, need
 
 def test_help_fits_one_screen() -> None:
     for command in ("compare", "replay", "plot"):
-        result = runner.invoke(cli.app, [command, "--help"], env={"COLUMNS": "100"})
+        result = runner.invoke(cli.make_app(), [command, "--help"], env={"COLUMNS": "100"})
         assert result.exit_code == 0 and len(result.stdout.splitlines()) <= 45, command

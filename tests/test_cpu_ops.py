@@ -6,7 +6,7 @@ import mlx.core as mx
 import numpy as np
 import pytest
 
-from entropix_mlx import cpu_ops
+from entropix_mlx.model import ops as cpu_ops
 
 
 def test_exp_is_accurate_to_float32_rounding_over_its_whole_range() -> None:
@@ -39,14 +39,20 @@ def test_softmax_matches_float64_and_gives_masked_entries_exact_zeros() -> None:
 
 def test_swiglu_matches_float64() -> None:
     rng = np.random.default_rng(2)
-    gate, up = (rng.standard_normal((3, 1536)) * 6).astype(np.float32), rng.standard_normal((3, 1536))
+    gate, up = (
+        (rng.standard_normal((3, 1536)) * 6).astype(np.float32),
+        rng.standard_normal((3, 1536)),
+    )
     got = np.array(cpu_ops.swiglu(mx.array(gate), mx.array(up.astype(np.float32))))
     g = gate.astype(np.float64)
     np.testing.assert_allclose(got, g / (1 + np.exp(-g)) * up, rtol=1e-5, atol=1e-6)
 
 
 def test_rms_norm_matches_mx_fast() -> None:
-    x, w = mx.random.normal((2, 5, 64), key=mx.random.key(3)), mx.random.normal((64,), key=mx.random.key(4))
+    x, w = (
+        mx.random.normal((2, 5, 64), key=mx.random.key(3)),
+        mx.random.normal((64,), key=mx.random.key(4)),
+    )
     assert mx.abs(cpu_ops.rms_norm(x, w, 1e-5) - mx.fast.rms_norm(x, w, 1e-5)).max().item() < 1e-6
 
 
@@ -58,7 +64,9 @@ def test_attention_matches_float64_with_grouped_heads_and_causal_offset(L: int, 
     q = rng.standard_normal((B, H, L, D)).astype(np.float32)
     k, v = (rng.standard_normal((B, Hkv, T, D)).astype(np.float32) for _ in range(2))
     got = np.array(cpu_ops.attention(mx.array(q), mx.array(k), mx.array(v), D**-0.5, causal=L > 1))
-    kk, vv = (np.repeat(a.astype(np.float64), H // Hkv, axis=1) for a in (k, v))  # head h → kv h // G
+    kk, vv = (
+        np.repeat(a.astype(np.float64), H // Hkv, axis=1) for a in (k, v)
+    )  # head h → kv h // G
     s = np.einsum("bhld,bhtd->bhlt", q.astype(np.float64), kk) * D**-0.5
     s = np.where(np.arange(T)[None] <= np.arange(T - L, T)[:, None], s, -np.inf)
     np.testing.assert_allclose(got, _np_softmax(s) @ vv, rtol=1e-5, atol=1e-6)

@@ -8,11 +8,11 @@ import re
 from pathlib import Path
 
 import pytest
-from conftest import run_main
 from checkpoints import make_tiny_checkpoint
+from conftest import run_main
 
 from entropix_mlx.errors import EntropixError
-from entropix_mlx.evaluate import Question, extract_numbers, load_questions, normalise, score
+from entropix_mlx.lab.evaluate import Question, extract_numbers, load_questions, normalise, score
 
 PACKAGE = Path(__file__).resolve().parents[1] / "entropix_mlx"
 
@@ -128,7 +128,7 @@ def test_normalise() -> None:
 
 
 def test_shipped_question_set_loads() -> None:
-    questions = load_questions(PACKAGE / "data" / "questions.jsonl")
+    questions = load_questions(PACKAGE / "lab" / "data" / "questions.jsonl")
     assert len(questions) >= 15
     assert {q.kind for q in questions} == {"answer", "number", "regex"}
     assert {"arithmetic", "factual", "word problem"} <= {q.category for q in questions}
@@ -213,8 +213,22 @@ def test_eval_end_to_end(monkeypatch, capsys, tmp_path: Path, tiny_path: Path) -
     questions = tmp_path / "q.jsonl"
     questions.write_text("".join(json.dumps(q) + "\n" for q in THREE))
     out = tmp_path / "answers.jsonl"
-    args = ["eval", "-q", str(questions), "-s", "greedy,entropix", "-m", str(tiny_path), "-n", "5",
-            "--seed", "3", "--jsonl", str(out), "--plain"]  # fmt: skip
+    args = [
+        "eval",
+        "-q",
+        str(questions),
+        "-s",
+        "greedy,entropix",
+        "-m",
+        str(tiny_path),
+        "-n",
+        "5",
+        "--seed",
+        "3",
+        "--jsonl",
+        str(out),
+        "--plain",
+    ]
     code, stdout, stderr = run_main(monkeypatch, capsys, args)
     assert code == 0, stderr
     lines = [json.loads(line) for line in out.read_text().splitlines()]
@@ -231,7 +245,10 @@ def test_eval_end_to_end(monkeypatch, capsys, tmp_path: Path, tiny_path: Path) -
     assert all(a["correct"] for a in answers if a["id"] == "any" and a["answer"])
     rows = {r["sampler"]: r for r in summary["samplers"]}
     assert (
-        list(rows) == ["greedy", "entropix"] and summary["seed"] == 3 and summary["config"]["profile"] == "reference" and summary["questions"] == 3
+        list(rows) == ["greedy", "entropix"]
+        and summary["seed"] == 3
+        and summary["config"]["profile"] == "reference"
+        and summary["questions"] == 3
     )
     for name, row in rows.items():
         mine = [a for a in answers if a["sampler"] == name]
@@ -250,8 +267,19 @@ def test_eval_is_reproducible(monkeypatch, capsys, tmp_path: Path, tiny_path: Pa
     runs = []
     for i in range(2):
         out = tmp_path / f"a{i}.jsonl"
-        args = ["eval", "-q", str(questions), "-s", "sample", "-m", str(tiny_path), "-n", "6",
-                "--jsonl", str(out)]  # fmt: skip
+        args = [
+            "eval",
+            "-q",
+            str(questions),
+            "-s",
+            "sample",
+            "-m",
+            str(tiny_path),
+            "-n",
+            "6",
+            "--jsonl",
+            str(out),
+        ]
         assert run_main(monkeypatch, capsys, args)[0] == 0
         runs.append(json.loads(out.read_text().splitlines()[0])["answer"])
     assert runs[0] == runs[1]

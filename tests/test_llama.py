@@ -15,9 +15,9 @@ from checkpoints import make_tiny_checkpoint
 from mlx_lm.models import cache as ref_cache
 from mlx_lm.models import llama as ref_llama
 
-from entropix_mlx.cache import KVCache
-from entropix_mlx.llama import ModelArgs, rope_frequencies
-from entropix_mlx.loading import load
+from entropix_mlx.model.cache import KVCache
+from entropix_mlx.model.llama import ModelArgs, rope_frequencies
+from entropix_mlx.model.load import load
 
 FLOAT32_TOL = 1e-4  # logits are O(1–10); float32 sums in a different order differ by ~1e-6
 CHECKPOINTS = {
@@ -47,7 +47,7 @@ def reference_model(path: Path) -> ref_llama.Model:
     weights = model.sanitize(weights)
     if "quantization" in config:
         q = config["quantization"]
-        predicate = lambda p, _: f"{p}.scales" in weights  # noqa: E731
+        predicate = lambda p, _: f"{p}.scales" in weights
         nn.quantize(model, q["group_size"], q["bits"], class_predicate=predicate)
     model.load_weights(list(weights.items()), strict=True)
     return model
@@ -185,8 +185,12 @@ def meta_llama3_inv_freq(theta: float, dim: int, scaling: dict) -> np.ndarray:
     return np.array(freqs)
 
 
-LLAMA31_8B = {"factor": 8.0, "low_freq_factor": 1.0, "high_freq_factor": 4.0,
-              "original_max_position_embeddings": 8192}  # fmt: skip
+LLAMA31_8B = {
+    "factor": 8.0,
+    "low_freq_factor": 1.0,
+    "high_freq_factor": 4.0,
+    "original_max_position_embeddings": 8192,
+}
 LLAMA32_1B = {**LLAMA31_8B, "factor": 32.0}
 TINY = {**LLAMA31_8B, "original_max_position_embeddings": 32}
 
@@ -197,10 +201,15 @@ TINY = {**LLAMA31_8B, "original_max_position_embeddings": 32}
 )
 def test_llama3_rope_periods_match_meta_formula(theta: float, head_dim: int, scaling: dict) -> None:
     args = ModelArgs(
-        hidden_size=head_dim * 4, num_hidden_layers=1, intermediate_size=8, num_attention_heads=4,
-        vocab_size=8, head_dim=head_dim, rope_theta=theta,
+        hidden_size=head_dim * 4,
+        num_hidden_layers=1,
+        intermediate_size=8,
+        num_attention_heads=4,
+        vocab_size=8,
+        head_dim=head_dim,
+        rope_theta=theta,
         rope_scaling={"rope_type": "llama3", **scaling},
-    )  # fmt: skip
+    )
     expected = 1.0 / meta_llama3_inv_freq(theta, head_dim, scaling)
     periods = np.array(rope_frequencies(args)).astype(np.float64)
     np.testing.assert_allclose(periods, expected, rtol=1e-6)

@@ -16,10 +16,12 @@ from checkpoints import _llama_cpp_permute, make_tiny_checkpoint, make_tiny_gguf
 from conftest import DATA
 from mlx.utils import tree_flatten
 
-from entropix_mlx import gguf, loading
 from entropix_mlx.errors import ModelLoadError
-from entropix_mlx.gguf import translate_weight_names
-from entropix_mlx.loading import list_models, load, resolve_model
+from entropix_mlx.model import gguf, paths
+from entropix_mlx.model import load as loading
+from entropix_mlx.model.gguf import translate_weight_names
+from entropix_mlx.model.load import list_models, load
+from entropix_mlx.model.paths import resolve_model
 
 CAPITAL = json.loads((DATA / "smollm2" / "capital.json").read_text())
 
@@ -266,7 +268,7 @@ def models_dir(tmp_path: Path, monkeypatch) -> Path:
     make_tiny_checkpoint(root / "Tiny-Llama-B-4bit", quantize=(64, 4))
     make_tiny_gguf(root / "Mini.F32.gguf", root / "Tiny-Llama-A")
     (root / "README.md").write_text("not a model")
-    monkeypatch.setenv(loading.MODELS_DIR_ENV, str(root))
+    monkeypatch.setenv(paths.MODELS_DIR_ENV, str(root))
     return root
 
 
@@ -288,8 +290,8 @@ def test_resolve_by_name_prefix_and_path(models_dir: Path) -> None:
 
 
 def test_default_model_prefers_models_dir(models_dir: Path, smollm2_gguf: Path) -> None:
-    assert resolve_model(None) == loading.default_model_path()
-    local = models_dir / loading.DEFAULT_MODEL
+    assert resolve_model(None) == paths.default_model_path()
+    local = models_dir / paths.DEFAULT_MODEL
     local.symlink_to(smollm2_gguf)
     assert resolve_model(None) == local
 
@@ -310,11 +312,16 @@ def test_list_models_reads_headers_only(models_dir: Path) -> None:
 
 def _preload_in_subprocess(env: dict[str, str], code: str = "") -> str:
     script = (
-        f"import sys; from entropix_mlx import blas; {code}"
-        "print(blas.preload_blas()); print('mlx' in sys.modules)"
+        f"import sys; {code}from entropix_mlx.model import backend; "
+        "print(backend.preload_blas()); print('mlx' in sys.modules)"
     )
-    result = subprocess.run([sys.executable, "-c", script], env={**os.environ, **env},
-                            capture_output=True, text=True, check=True)  # fmt: skip
+    result = subprocess.run(
+        [sys.executable, "-c", script],
+        env={**os.environ, **env},
+        capture_output=True,
+        text=True,
+        check=True,
+    )
     return result.stdout
 
 
@@ -329,4 +336,4 @@ def test_blas_preload_never_raises_and_never_imports_mlx() -> None:
         "reference BLAS (ENTROPIX_BLAS=/nonexistent/libblas.so failed"
     ) and bad.endswith("False\n")
     late = _preload_in_subprocess({"ENTROPIX_BLAS": ""}, code="import mlx.core; ")
-    assert late.startswith("reference BLAS (mlx.core was imported before preload_blas()")
+    assert late.startswith("reference BLAS (mlx.core was imported before entropix_mlx;")

@@ -12,9 +12,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from entropix_mlx import llama
-from entropix_mlx.llama import Model, ModelArgs
-from entropix_mlx.metrics import (
+from entropix_mlx.engine.metrics import (
     METRIC_NAMES,
     AttentionStats,
     Metrics,
@@ -24,6 +22,8 @@ from entropix_mlx.metrics import (
     logit_entropy,
     metrics_vector,
 )
+from entropix_mlx.model import llama
+from entropix_mlx.model.llama import Model, ModelArgs
 
 DATA = Path(__file__).resolve().parent / "data"
 RTOL = 1e-4
@@ -58,7 +58,10 @@ def test_logit_metrics_match_float64_numpy(vocab: int, scale: float) -> None:
 @pytest.mark.parametrize("scale", [0.01, 1.0, 12.0, 40.0])
 def test_host_logit_metrics_match_float64_numpy(vocab: int, scale: float) -> None:
     """The CPU path (NumPy float32) against the same float64 reference."""
-    logits = np.random.default_rng(vocab + int(scale * 100)).normal(size=vocab).astype(np.float32) * scale
+    logits = (
+        np.random.default_rng(vocab + int(scale * 100)).normal(size=vocab).astype(np.float32)
+        * scale
+    )
     scores = np.zeros((2, 3, 5), np.float32)
     m = host_metrics(logits, scores)
     h, v = np_logit_metrics(logits)
@@ -159,7 +162,7 @@ def _np_rope(x: np.ndarray, positions: np.ndarray, periods: np.ndarray) -> np.nd
 def _np_layer_stats(attn: llama.Attention, xs: np.ndarray) -> tuple[np.ndarray, float, float]:
     """Head entropies, agreement and interaction of the last query of `xs` (T, dim) normed inputs."""
     H, Hkv, D = attn.n_heads, attn.n_kv_heads, attn.head_dim
-    weight = lambda proj: np.array(proj.weight).astype(np.float64)  # noqa: E731
+    weight = lambda proj: np.array(proj.weight).astype(np.float64)
     periods = np.array(attn._freqs).astype(np.float64)
     T = xs.shape[0]
     positions = np.arange(T, dtype=np.float64)
@@ -212,8 +215,8 @@ def test_attention_metrics_match_recomputation_from_the_real_model(
 ) -> None:
     inputs: dict[int, list[np.ndarray]] = {}  # layer → normed inputs of each call, (L, dim)
 
-    def recording(method):  # noqa: ANN001, ANN202
-        def record(self, x, *args):  # noqa: ANN001, ANN202
+    def recording(method):
+        def record(self, x, *args):
             inputs.setdefault(id(self), []).append(np.array(x[0]).astype(np.float64))
             return method(self, x, *args)
 
@@ -246,8 +249,12 @@ def test_attention_metrics_match_recomputation_from_the_real_model(
             vec = np.array(metrics_vector(out.logits, out.scores, layers))[0]
             np.testing.assert_allclose(vec[2:], got, rtol=1e-6)
             host = host_metrics(np.array(out.logits[0]), np.array(out.scores[0]), layers)
-            np.testing.assert_allclose(list(host.as_dict().values())[2:], expected, rtol=RTOL, atol=1e-7)
-            np.testing.assert_allclose(list(host.as_dict().values())[:2], vec[:2], rtol=RTOL, atol=ATOL)
+            np.testing.assert_allclose(
+                list(host.as_dict().values())[2:], expected, rtol=RTOL, atol=1e-7
+            )
+            np.testing.assert_allclose(
+                list(host.as_dict().values())[:2], vec[:2], rtol=RTOL, atol=ATOL
+            )
 
 
 # --- the (B, 6) vector and its host form ----------------------------------------------------

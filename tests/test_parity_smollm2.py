@@ -15,8 +15,8 @@ import numpy as np
 import pytest
 from conftest import DATA
 
-from entropix_mlx.generate import prefill
-from entropix_mlx.loading import load
+from entropix_mlx.engine.generate import prefill
+from entropix_mlx.model.load import load
 
 PROMPTS = ["capital", "code", "raw_text", "robot", "sys_math"]
 NEAR_TIE = 0.15  # the reference README's gap12 threshold

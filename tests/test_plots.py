@@ -12,11 +12,13 @@ from checkpoints import make_tiny_checkpoint
 from rich.console import Console
 from typer.testing import CliRunner
 
-from entropix_mlx import cli, tui
+from entropix_mlx import cli
+from entropix_mlx.engine.generate import TokenEvent
+from entropix_mlx.engine.metrics import Metrics
+from entropix_mlx.engine.sampler import SamplerConfig, SamplingParams
 from entropix_mlx.errors import EntropixError
-from entropix_mlx.generate import TokenEvent
-from entropix_mlx.metrics import Metrics
-from entropix_mlx.plots import (
+from entropix_mlx.ui import render as tui
+from entropix_mlx.ui.plots import (
     MARKERS,
     Series,
     Thresholds,
@@ -25,12 +27,18 @@ from entropix_mlx.plots import (
     quadrant_rgb,
     render_plots,
 )
-from entropix_mlx.sampler import SamplerConfig, SamplingParams
 
 REFERENCE = Thresholds(low_ent=0.1, med_ent=3.0, high_ent=5.0, low_vent=0.1, high_vent=5.0)
 # (entropy, varentropy, quadrant) of hand-picked tokens, one per quadrant and a few in between.
-POINTS = [(0.05, 0.05, "LELV"), (6.0, 0.05, "HELV"), (1.0, 8.0, "LEHV"), (6.5, 9.0, "HEHV"),
-          (2.0, 2.0, "MID"), (2.5, 1.0, "MID"), (0.02, 0.01, "LELV")]  # fmt: skip
+POINTS = [
+    (0.05, 0.05, "LELV"),
+    (6.0, 0.05, "HELV"),
+    (1.0, 8.0, "LEHV"),
+    (6.5, 9.0, "HEHV"),
+    (2.0, 2.0, "MID"),
+    (2.5, 1.0, "MID"),
+    (0.02, 0.01, "LELV"),
+]
 
 
 def event(index: int, entropy: float, varentropy: float, quadrant: str) -> TokenEvent:
@@ -100,8 +108,14 @@ def test_plane_marks_each_quadrant_in_its_corner() -> None:
 
 
 def test_render_plots_colours_points_by_quadrant_on_a_fixed_console() -> None:
-    console = Console(file=io.StringIO(), width=80, force_terminal=True, color_system="truecolor",
-                      theme=tui.THEME, legacy_windows=False)  # fmt: skip
+    console = Console(
+        file=io.StringIO(),
+        width=80,
+        force_terminal=True,
+        color_system="truecolor",
+        theme=tui.THEME,
+        legacy_windows=False,
+    )
     console.print(render_plots(EVENTS, SamplerConfig(), height=12, title="answer 1"))
     out = console.file.getvalue()
     for quadrant in ("LELV", "HELV", "LEHV", "HEHV"):
@@ -131,8 +145,19 @@ def test_plain_plots_have_no_escape_codes_and_follow_the_config() -> None:
 
 def test_thresholds_from_a_config_or_its_recorded_dict() -> None:
     assert Thresholds.from_config(SamplerConfig()) == REFERENCE
-    assert Thresholds.from_config({"low_ent": 0.1, "med_ent": 3, "high_ent": 5, "low_vent": 0.1,
-                                   "high_vent": 5, "other": "x"}) == REFERENCE  # fmt: skip
+    assert (
+        Thresholds.from_config(
+            {
+                "low_ent": 0.1,
+                "med_ent": 3,
+                "high_ent": 5,
+                "low_vent": 0.1,
+                "high_vent": 5,
+                "other": "x",
+            }
+        )
+        == REFERENCE
+    )
     with pytest.raises(EntropixError, match="no usable high_ent"):
         Thresholds.from_config({"low_ent": 0.1, "med_ent": 3, "low_vent": 0.1, "high_vent": 5})
 
@@ -143,19 +168,25 @@ runner = CliRunner()
 
 
 def test_plot_command_on_a_synthetic_run(tmp_path: Path) -> None:
-    from entropix_mlx.export import event_record, summary_record
-    from entropix_mlx.generate import Summary
+    from entropix_mlx.engine.generate import Summary
+    from entropix_mlx.engine.records import event_record, summary_record
 
     path = tmp_path / "run.jsonl"
     body = [event_record(ev) for ev in EVENTS]
     body.append(summary_record(Summary.from_events(EVENTS), config=SamplerConfig()))
     path.write_text("".join(json.dumps(r) + "\n" for r in body))
-    result = runner.invoke(cli.app, ["plot", str(path), "--width", "64", "--height", "10"])
+    result = runner.invoke(cli.make_app(), ["plot", str(path), "--width", "64", "--height", "10"])
     assert result.exit_code == 0, result.output
     out = result.stdout
     assert "\x1b[" not in out and max(len(line) for line in out.splitlines()) <= 64
-    for label in ("entropy H (bits) per token", "varentropy V (bits²) per token", "high_vent 5",
-                  "token index", "entropy H (bits)", "^ HELV 1"):  # fmt: skip
+    for label in (
+        "entropy H (bits) per token",
+        "varentropy V (bits²) per token",
+        "high_vent 5",
+        "token index",
+        "entropy H (bits)",
+        "^ HELV 1",
+    ):
         assert label in out
 
 
@@ -165,13 +196,19 @@ def tiny_path(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 
 def test_run_plot_and_chat_plot(tiny_path: Path) -> None:
-    run = runner.invoke(cli.app, ["run", "-f", "-", "--model", str(tiny_path), "-n", "8", "--seed", "1",
-                                  "--plot"], input="hi")  # fmt: skip
+    run = runner.invoke(
+        cli.make_app(),
+        ["run", "-f", "-", "--model", str(tiny_path), "-n", "8", "--seed", "1", "--plot"],
+        input="hi",
+    )
     assert run.exit_code == 0, run.output
     assert "entropy H (bits) per token" in run.stdout and "high_ent 5" in run.stdout
 
-    chat = runner.invoke(cli.app, ["chat", "--model", str(tiny_path), "-n", "5", "--seed", "1"],
-                         input="/plot\nhello\n/plot\n/help\n")  # fmt: skip
+    chat = runner.invoke(
+        cli.make_app(),
+        ["chat", "--model", str(tiny_path), "-n", "5", "--seed", "1"],
+        input="/plot\nhello\n/plot\n/help\n",
+    )
     assert chat.exit_code == 0, chat.output
     assert "nothing to plot yet" in chat.stdout
     assert chat.stdout.count("varentropy V (bits²) against entropy H (bits)") == 1

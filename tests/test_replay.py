@@ -7,14 +7,15 @@ import json
 from pathlib import Path
 
 import pytest
-from conftest import run_main
 from checkpoints import make_tiny_checkpoint
+from conftest import run_main
 from typer.testing import CliRunner
 
-from entropix_mlx import cli, tui
+from entropix_mlx import cli
+from entropix_mlx.engine.records import read_run
 from entropix_mlx.errors import EntropixError
-from entropix_mlx.export import read_run
-from entropix_mlx.replay import CheckResult, first_difference, load_run
+from entropix_mlx.lab.replay import CheckResult, first_difference, load_run
+from entropix_mlx.ui import render as tui
 
 runner = CliRunner()
 
@@ -28,11 +29,13 @@ def run_and_replay(tiny_path: Path, tmp_path: Path, prompt: str, *args: str, nam
     prompt_file = tmp_path / name
     prompt_file.write_text(prompt)
     jsonl = tmp_path / "run.jsonl"
-    run = runner.invoke(cli.app, ["run", "-f", str(prompt_file), "--model", str(tiny_path),
-                                  "--jsonl", str(jsonl), *args])  # fmt: skip
+    run = runner.invoke(
+        cli.make_app(),
+        ["run", "-f", str(prompt_file), "--model", str(tiny_path), "--jsonl", str(jsonl), *args],
+    )
     assert run.exit_code == 0, run.output
     plot = ["--plot"] if "--plot" in args else []
-    replay = runner.invoke(cli.app, ["replay", str(jsonl), *plot])
+    replay = runner.invoke(cli.make_app(), ["replay", str(jsonl), *plot])
     assert replay.exit_code == 0, replay.output
     return run, replay, jsonl
 
@@ -84,7 +87,7 @@ def test_replay_of_a_batch_has_the_headers_and_plots(tiny_path: Path, tmp_path: 
 
 def test_check_reports_identical_then_a_tampered_token(tiny_path: Path, tmp_path: Path) -> None:
     _, _, jsonl = run_and_replay(tiny_path, tmp_path, "Count to ten", "-n", "16", "--seed", "5")
-    check = runner.invoke(cli.app, ["replay", str(jsonl), "--check"])
+    check = runner.invoke(cli.make_app(), ["replay", str(jsonl), "--check"])
     assert check.exit_code == 0, check.output
     assert "answer 1: 16 tokens identical" in check.stdout and "identical" in check.stdout
 
@@ -93,20 +96,34 @@ def test_check_reports_identical_then_a_tampered_token(tiny_path: Path, tmp_path
     record["token_id"] = (record["token_id"] + 1) % 300
     lines[9] = json.dumps(record)
     jsonl.write_text("\n".join(lines) + "\n")
-    check = runner.invoke(cli.app, ["replay", str(jsonl), "--check"])
+    check = runner.invoke(cli.make_app(), ["replay", str(jsonl), "--check"])
     assert check.exit_code == 1
     assert "answer 1: differs at token 9" in check.stdout
     assert "differ from the recorded run" in check.stderr
 
 
 def test_check_with_the_plain_sampler_and_settings(tiny_path: Path, tmp_path: Path) -> None:
-    _, _, jsonl = run_and_replay(tiny_path, tmp_path, "abc", "-n", "10", "--seed", "9",
-                                 "--sampler", "sample", "--temp", "1.3", "--top-p", "0.8", "--raw")  # fmt: skip
+    _, _, jsonl = run_and_replay(
+        tiny_path,
+        tmp_path,
+        "abc",
+        "-n",
+        "10",
+        "--seed",
+        "9",
+        "--sampler",
+        "sample",
+        "--temp",
+        "1.3",
+        "--top-p",
+        "0.8",
+        "--raw",
+    )
     summary = read_run(jsonl)[1][0]
     assert (
         summary["params"]["top_p"] == 0.8 and summary["raw"] is True and summary["max_tokens"] == 10
     )
-    check = runner.invoke(cli.app, ["replay", str(jsonl), "--check"])
+    check = runner.invoke(cli.make_app(), ["replay", str(jsonl), "--check"])
     assert check.exit_code == 0, check.output
 
 
@@ -115,18 +132,41 @@ def test_check_with_the_plain_sampler_and_settings(tiny_path: Path, tmp_path: Pa
 
 def token(index: int, **changes) -> dict:
     record = {
-        "index": index, "token_id": 10 + index, "text": f"t{index} ", "logprob": -0.5,
-        "entropy": 1.0 + index, "varentropy": 2.0, "attn_entropy": 3.0, "attn_varentropy": 0.1,
-        "agreement": 0.01, "interaction_strength": 0.5, "quadrant": "MID", "strategy": "adaptive",
-        "temperature": 0.7, "top_k": 27, "top_p": 0.9, "min_p": 0.03, "inserted": False,
+        "index": index,
+        "token_id": 10 + index,
+        "text": f"t{index} ",
+        "logprob": -0.5,
+        "entropy": 1.0 + index,
+        "varentropy": 2.0,
+        "attn_entropy": 3.0,
+        "attn_varentropy": 0.1,
+        "agreement": 0.01,
+        "interaction_strength": 0.5,
+        "quadrant": "MID",
+        "strategy": "adaptive",
+        "temperature": 0.7,
+        "top_k": 27,
+        "top_p": 0.9,
+        "min_p": 0.03,
+        "inserted": False,
         "elapsed": 0.1 * index,
-    }  # fmt: skip
+    }
     return record | changes
 
 
-SUMMARY = {"summary": {"tokens": 2, "prompt_tokens": 5, "prefill_tps": 100.0, "decode_tps": 10.0,
-                       "finish_reason": "length", "strategies": {"adaptive": 2},
-                       "quadrants": {"MID": 2}, "mean_entropy": 1.5, "turn": 0}}  # fmt: skip
+SUMMARY = {
+    "summary": {
+        "tokens": 2,
+        "prompt_tokens": 5,
+        "prefill_tps": 100.0,
+        "decode_tps": 10.0,
+        "finish_reason": "length",
+        "strategies": {"adaptive": 2},
+        "quadrants": {"MID": 2},
+        "mean_entropy": 1.5,
+        "turn": 0,
+    }
+}
 
 
 def write(path: Path, *records) -> Path:
@@ -206,11 +246,11 @@ def test_bad_inputs_are_one_line(monkeypatch, capsys, tmp_path: Path) -> None:
 
 
 def test_replay_needs_no_model(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    from entropix_mlx import loading
+    from entropix_mlx.model import load as loading
 
     monkeypatch.setattr(loading, "load", lambda *a, **k: pytest.fail("replay loaded a model"))
     path = write(tmp_path / "r.jsonl", token(0), token(1), SUMMARY)
-    result = runner.invoke(cli.app, ["replay", str(path)])
+    result = runner.invoke(cli.make_app(), ["replay", str(path)])
     assert result.exit_code == 0, result.output
     assert result.stdout == "t0 t1 \n"
     assert "2 tokens · prefill 5 at 100 tok/s · decode 10.0 tok/s" in result.stderr

@@ -11,12 +11,11 @@ import mlx.core as mx
 import numpy as np
 import pytest
 
-from entropix_mlx.metrics import AttentionStats
-from entropix_mlx.metrics import Metrics, metrics_vector
-from entropix_mlx.sampler import (
+from entropix_mlx.engine.config import SamplerConfig, load_profile
+from entropix_mlx.engine.metrics import AttentionStats, Metrics, metrics_vector
+from entropix_mlx.engine.sampler import (
     ARGMAX,
     Decision,
-    SamplerConfig,
     SamplingParams,
     apply_min_p,
     apply_top_k,
@@ -25,7 +24,6 @@ from entropix_mlx.sampler import (
     candidates,
     classify,
     draw_candidates,
-    load_profile,
     make_sampler,
     sample,
     strategy_params,
@@ -322,7 +320,7 @@ def test_entropix_decisions_are_reproducible_per_key() -> None:
     sampler = make_sampler("entropix", CFG)
     logits = mx.array(np.random.default_rng(1).normal(size=200).astype(np.float32))
     m = Metrics(2.0, 1.5, 2.5, 0.4, 0.3, 4.0)  # MID → adaptive
-    decide = lambda k: sampler(logits, m, mx.random.key(k), clarify_left=1)  # noqa: E731
+    decide = lambda k: sampler(logits, m, mx.random.key(k), clarify_left=1)
     assert decide(3).strategy == "adaptive"
     assert decide(3).token.item() == decide(3).token.item()
     assert len({decide(k).token.item() for k in range(20)}) > 3
@@ -419,7 +417,9 @@ def test_reference_profile_is_the_defaults_and_complete() -> None:
     import tomllib
 
     assert load_profile("reference") == SamplerConfig()
-    text = (Path(__file__).parents[1] / "entropix_mlx" / "profiles" / "reference.toml").read_text()
+    text = (
+        Path(__file__).parents[1] / "entropix_mlx" / "engine" / "profiles" / "reference.toml"
+    ).read_text()
     names = {f.name for f in fields(SamplerConfig)} - {"profile"}
     assert set(tomllib.loads(text)) == names  # every field is spelled out
 

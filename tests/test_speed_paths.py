@@ -14,10 +14,10 @@ import pytest
 from checkpoints import make_tiny_checkpoint
 from conftest import BLAS, DATA
 
-from entropix_mlx import blas
-from entropix_mlx.generate import generate
-from entropix_mlx.loading import load
-from entropix_mlx.metrics import METRIC_NAMES
+from entropix_mlx.engine.generate import generate
+from entropix_mlx.engine.metrics import METRIC_NAMES
+from entropix_mlx.model import backend as blas
+from entropix_mlx.model.load import load
 
 ENTROPIX = Path(sys.executable).with_name("entropix")
 
@@ -35,7 +35,9 @@ def test_dense_and_quantized_layouts_give_the_same_tokens_and_metrics(smollm2_gg
     for a, b in zip(dense, quantized):
         for name in METRIC_NAMES:
             # Same dequantized weights; only the summation order differs (BLAS vs MLX's kernel).
-            assert getattr(a.metrics, name) == pytest.approx(getattr(b.metrics, name), rel=2e-3, abs=2e-4)
+            assert getattr(a.metrics, name) == pytest.approx(
+                getattr(b.metrics, name), rel=2e-3, abs=2e-4
+            )
 
 
 @pytest.mark.skipif(not sys.platform.startswith("linux"), reason="the BLAS preload is Linux-only")
@@ -59,13 +61,15 @@ def test_without_openblas_the_cli_says_so_once_and_answers_the_same(tmp_path: Pa
     assert slow.stdout == fast.stdout and slow.stdout.strip()
 
 
-@pytest.mark.skipif(not BLAS.startswith("OpenBLAS"), reason="the gemv shim sits in front of OpenBLAS")
+@pytest.mark.skipif(
+    not BLAS.startswith("OpenBLAS"), reason="the gemv shim sits in front of OpenBLAS"
+)
 def test_one_row_and_one_column_products_go_to_gemv_and_stay_exact() -> None:
     assert "no gemv shim" not in BLAS  # `make install` builds it: a failed build must not pass
     rng = np.random.default_rng(0)
     a, b = rng.standard_normal((1, 7), np.float32), rng.standard_normal((7, 5), np.float32)
     m, v = rng.standard_normal((5, 7), np.float32), rng.standard_normal((7, 1), np.float32)
-    stored_t = lambda x: mx.array(np.ascontiguousarray(x.T)).T  # noqa: E731  (a transposed view)
+    stored_t = lambda x: mx.array(np.ascontiguousarray(x.T)).T  # (a transposed view)
     batch = rng.standard_normal((3, 1, 7), np.float32), rng.standard_normal((3, 7, 4), np.float32)
     c = rng.standard_normal((1, 5), np.float32)
     cases = {  # every layout of op(a) and op(b) that sgemm receives, and beta != 0
@@ -76,7 +80,10 @@ def test_one_row_and_one_column_products_go_to_gemv_and_stay_exact() -> None:
         "matrixᵀ @ column": (stored_t(m) @ mx.array(v), m @ v),
         "matrix @ columnᵀ": (mx.array(m) @ stored_t(v), m @ v),
         "batched rows": (mx.array(batch[0]) @ mx.array(batch[1]), batch[0] @ batch[1]),
-        "addmm": (mx.addmm(mx.array(c), mx.array(a), mx.array(b), 0.5, 2.0), 0.5 * (a @ b) + 2.0 * c),
+        "addmm": (
+            mx.addmm(mx.array(c), mx.array(a), mx.array(b), 0.5, 2.0),
+            0.5 * (a @ b) + 2.0 * c,
+        ),
         "dot (sgemm)": (mx.array(a) @ mx.array(v), a @ v),
     }
     before = blas.gemv_calls()
@@ -85,7 +92,9 @@ def test_one_row_and_one_column_products_go_to_gemv_and_stay_exact() -> None:
     assert blas.gemv_calls() - before >= len(cases) - 1  # all but the dot (the batch counts 3 here)
 
 
-def test_without_the_gemv_shim_blas_status_says_how_to_get_it(monkeypatch: pytest.MonkeyPatch) -> None:
+def test_without_the_gemv_shim_blas_status_says_how_to_get_it(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
     monkeypatch.setattr(blas, "_shim", lambda: None)
     assert blas._describe("/lib/libopenblas.so") == (
         "OpenBLAS (/lib/libopenblas.so; no gemv shim: reinstall with a C compiler for faster decoding)"

@@ -13,13 +13,9 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from entropix_mlx.errors import TokenizerError
-from entropix_mlx.tokenizer import (
-    GGUF_PRE_TOKENIZERS,
-    StreamingDetokenizer,
-    Tokenizer,
-    load_tokenizer_path,
-    tokenizer_from_gguf,
-)
+from entropix_mlx.tokenize.files import load_tokenizer_path
+from entropix_mlx.tokenize.gguf_vocab import GGUF_PRE_TOKENIZERS, tokenizer_from_gguf
+from entropix_mlx.tokenize.tokenizer import StreamingDetokenizer, Tokenizer
 
 DATA = Path(__file__).resolve().parent / "data"
 SMOLLM_SYSTEM = (
@@ -223,8 +219,11 @@ def test_kinds_and_special_ids(
     smollm2, llama3_hf, llama3_tiktoken, llama3_gguf, spm, spm_gguf, tiny_hf
 ):
     assert (smollm2.kind, smollm2.vocab_size, smollm2.bos_id, smollm2.add_bos) == (
-        "gguf-bpe", 49152, 1, False
-    )  # fmt: skip
+        "gguf-bpe",
+        49152,
+        1,
+        False,
+    )
     assert smollm2.stop_ids == {0, 2}  # <|endoftext|>, <|im_end|>
     assert (llama3_tiktoken.kind, llama3_tiktoken.vocab_size) == ("tiktoken", 128256)
     assert llama3_tiktoken.stop_ids == {128001, 128008, 128009}
@@ -339,8 +338,9 @@ def test_streaming_is_cheap_per_token(llama3_tiktoken, smollm2, spm):
 
 def test_token_piece(smollm2, llama3_tiktoken):
     assert [smollm2.token_piece(i) for i in smollm2.encode("<|im_end|> Hello")] == [
-        "<|im_end|>", " Hello"
-    ]  # fmt: skip
+        "<|im_end|>",
+        " Hello",
+    ]
     assert llama3_tiktoken.token_piece(128009) == "<|eot_id|>"
     partial = [smollm2.token_piece(i) for i in smollm2.encode("🧪")]
     assert "".join(partial).startswith("\\x")  # a split character shows its bytes

@@ -8,10 +8,11 @@ import re
 import pytest
 from rich.console import Console
 
-from entropix_mlx import tui
-from entropix_mlx.generate import Summary, TokenEvent
-from entropix_mlx.metrics import Metrics
-from entropix_mlx.sampler import SamplingParams
+from entropix_mlx.engine.generate import Summary, TokenEvent
+from entropix_mlx.engine.metrics import Metrics
+from entropix_mlx.engine.sampler import SamplingParams
+from entropix_mlx.ui import render as tui
+from entropix_mlx.ui.chat_view import ChatView
 
 ESC = "\x1b"
 # Okabe–Ito truecolor foregrounds of THEME, as rich writes them.
@@ -131,7 +132,7 @@ def test_a_character_split_across_tokens_is_printed_whole_in_the_most_uncertain_
 def test_split_character_through_a_real_streaming_detokenizer(tmp_path) -> None:
     from checkpoints import write_tokenizer
 
-    from entropix_mlx.tokenizer import load_tokenizer_path
+    from entropix_mlx.tokenize.files import load_tokenizer_path
 
     write_tokenizer(tmp_path)
     tok = load_tokenizer_path(tmp_path)
@@ -157,7 +158,7 @@ def test_plain_mode_writes_no_escape_codes() -> None:
     ]
     stream(console, events)
     console.print(tui.render_legend())
-    view = tui.ChatView(console, plain=True, editor=False)
+    view = ChatView(console, plain=True, editor=False)
     view.stats(
         type(
             "S",

@@ -1,0 +1,196 @@
+"""The `entropix` command. Thin: parse options, call the library, pick a renderer.
+
+MLX is imported inside commands only, so `entropix --help` stays fast.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import sys
+from pathlib import Path
+from typing import Annotated, Any
+
+import typer
+
+from ..errors import EntropixError
+
+app = typer.Typer(
+    add_completion=False,
+    no_args_is_help=True,
+    pretty_exceptions_enable=False,
+    help="Chat with Llama 3.x models on MLX and watch the Entropix sampler react to uncertainty.",
+)
+
+ModelOpt = Annotated[
+    str | None,
+    typer.Option(
+        "--model",
+        "-m",
+        help="A .gguf file, an HF/mlx-community folder, or a name under models/ (default: SmolLM2-135M).",
+    ),
+]
+MaxTokensOpt = Annotated[
+    int, typer.Option("--max-tokens", "-n", min=1, help="Stop after this many tokens.")
+]
+SamplerOpt = Annotated[str, typer.Option("--sampler", "-s", help="entropix | greedy | sample.")]
+SeedOpt = Annotated[int | None, typer.Option("--seed", help="Make sampling reproducible.")]
+ProfileOpt = Annotated[
+    str,
+    typer.Option(
+        "--profile",
+        help="Sampler thresholds: reference (the spec's), auto (calibrated for the model, else reference), a name (smollm2) or a TOML path.",
+    ),
+]
+SetOpt = Annotated[
+    list[str] | None,
+    typer.Option(
+        "--set", help="Override one SamplerConfig field, e.g. --set high_ent=4.2 (repeatable)."
+    ),
+]
+TempOpt = Annotated[
+    float, typer.Option("--temp", min=0.0, help="Temperature for --sampler sample.")
+]
+TopKOpt = Annotated[
+    int, typer.Option("--top-k", min=0, help="Top-k for --sampler sample (0 = off).")
+]
+TopPOpt = Annotated[
+    float, typer.Option("--top-p", min=0.0, max=1.0, help="Top-p for --sampler sample (1 = off).")
+]
+MinPOpt = Annotated[
+    float, typer.Option("--min-p", min=0.0, max=1.0, help="Min-p for --sampler sample (0 = off).")
+]
+SystemOpt = Annotated[
+    str | None, typer.Option("--system", help="System message for the chat template.")
+]
+PlainOpt = Annotated[
+    bool,
+    typer.Option(
+        "--plain", help="Plain text, no colours (also when not a terminal or NO_COLOR is set)."
+    ),
+]
+
+
+def _fail(message: str) -> None:
+    typer.echo(f"entropix: {message}", err=True)
+    raise typer.Exit(1)
+
+
+def _read_prompt(path: str) -> str:
+    if path == "-":
+        text = sys.stdin.read()
+    else:
+        p = Path(path)
+        if not p.is_file():
+            _fail(f"--prompt-file {path}: no such file; pass a text file (or - for stdin)")
+        try:
+            text = p.read_bytes().decode("utf-8")
+        except UnicodeDecodeError:
+            _fail(f"--prompt-file {path}: not UTF-8 text; pass a plain-text prompt file")
+        except OSError as e:
+            _fail(f"--prompt-file {path}: cannot read it ({e.strerror}); check its permissions")
+    if not text.strip():
+        _fail(f"--prompt-file {path}: the prompt is empty; write a prompt into it")
+    return text
+
+
+def _sampling(
+    sampler: str,
+    profile: str,
+    overrides: list[str] | None,
+    temp: float,
+    top_k: int,
+    top_p: float,
+    min_p: float,
+    *,
+    model: str | None = None,
+) -> dict[str, Any]:
+    from ..engine.config import AUTO_PROFILE, SAMPLERS, load_profile
+    from ..engine.sampler import SamplingParams
+
+    if sampler not in SAMPLERS:
+        choices = f"{', '.join(SAMPLERS[:-1])} or {SAMPLERS[-1]}"
+        _fail(f"--sampler {sampler}: unknown sampler; choose {choices}")
+    pairs = {}
+    for item in overrides or []:
+        name, sep, value = item.partition("=")
+        if not sep:
+            _fail(f"--set {item}: expected FIELD=VALUE, e.g. --set high_ent=4.2")
+        pairs[name.strip()] = value.strip()
+    try:  # commands call this before `_guard`, so its errors become one line here
+        name = _model_file_name(model) if profile == AUTO_PROFILE else None
+        config = load_profile(profile, model=name).with_overrides(pairs)
+        params = SamplingParams(temperature=temp, top_k=top_k, top_p=top_p, min_p=min_p)
+    except (ValueError, EntropixError) as e:
+        _fail(str(e))
+    return {"sampler": sampler, "config": config, "params": params}
+
+
+def _model_file_name(model: str | None) -> str:
+    """The model's file or folder name, found without loading it: what `--profile auto` matches."""
+    from ..model.paths import resolve_model
+
+    return resolve_model(model).name
+
+
+def _show_profile(console, options: dict[str, Any], model_name: str) -> None:
+    from ..engine.config import profile_for_model
+    from ..ui import render as tui
+
+    suggested = profile_for_model(model_name)
+    console.print(tui.render_profile(options["sampler"], options["config"], suggested))
+
+
+def _prompt_ids(tok, text: str, system: str | None, raw: bool) -> list[int]:
+    if raw:
+        return tok.encode(text, add_special=True)
+    # A file's final newline is not part of the message (it derails small models: "Paris." became
+    # French nonsense on SmolLM2); --raw keeps the text byte for byte.
+    messages = ([{"role": "system", "content": system}] if system else []) + [
+        {"role": "user", "content": text.strip()}
+    ]
+    return tok.apply_chat_template(messages)
+
+
+def _stream_answer(stream, events: list, out, writer) -> None:
+    """Show each token on `out` (None: show nothing) and record it in `events` and `writer`."""
+    from ..engine.records import event_record
+    from ..ui import render as tui
+
+    with tui.AnswerView(out) if out is not None else contextlib.nullcontext() as view:
+        for ev in stream:
+            events.append(ev)
+            if view is not None:
+                view.token(ev)
+            if writer is not None:
+                writer.write(event_record(ev))
+
+
+def _load(console, model: str | None) -> tuple:
+    """Load with a spinner naming the model, then one line: name, size, quantization, device, time."""
+    from ..model.load import load
+    from ..ui import render as tui
+
+    with tui.loading(console, model) as progress:
+        loaded = load(model, progress=progress)
+    console.print(tui.render_model_info(loaded[2]))
+    notice = tui.render_blas_notice(loaded[2].blas)
+    if notice is not None:
+        console.print(notice)
+    return loaded
+
+
+def _random_seed() -> int:
+    import os
+
+    return int.from_bytes(os.urandom(4), "little")
+
+
+def _guard(fn, *args: Any) -> None:
+    """Turn the library's actionable errors into one red line and exit 1; never a traceback."""
+    try:
+        fn(*args)
+    except (EntropixError, ValueError) as e:
+        _fail(str(e))
+    except KeyboardInterrupt:
+        typer.echo("\ninterrupted", err=True)
+        raise typer.Exit(130) from None

@@ -1,0 +1,223 @@
+"""`entropix run`, `tokenize` and `models`: one-shot generation and looking at the model."""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import sys
+from pathlib import Path
+from typing import Annotated, Any
+
+import typer
+
+from .app import (
+    MaxTokensOpt,
+    MinPOpt,
+    ModelOpt,
+    PlainOpt,
+    ProfileOpt,
+    SamplerOpt,
+    SeedOpt,
+    SetOpt,
+    SystemOpt,
+    TempOpt,
+    TopKOpt,
+    TopPOpt,
+    _fail,
+    _guard,
+    _load,
+    _prompt_ids,
+    _random_seed,
+    _read_prompt,
+    _sampling,
+    _show_profile,
+    _stream_answer,
+    app,
+)
+
+
+@app.command()
+def run(
+    prompt_file: Annotated[
+        str,
+        typer.Option(
+            "--prompt-file",
+            "-f",
+            help='Prompt text file, a .jsonl of {"prompt": …} lines (batch), or - for stdin.',
+        ),
+    ],
+    model: ModelOpt = None,
+    max_tokens: MaxTokensOpt = 256,
+    sampler: SamplerOpt = "entropix",
+    seed: SeedOpt = None,
+    profile: ProfileOpt = "reference",
+    set_: SetOpt = None,
+    temp: TempOpt = 0.7,
+    top_k: TopKOpt = 0,
+    top_p: TopPOpt = 1.0,
+    min_p: MinPOpt = 0.0,
+    raw: Annotated[
+        bool,
+        typer.Option(
+            "--raw", help="Tokenize the file as-is instead of wrapping it in the chat template."
+        ),
+    ] = False,
+    system: SystemOpt = None,
+    jsonl: Annotated[
+        Path | None, typer.Option("--jsonl", help="Write one JSON record per token here.")
+    ] = None,
+    plain: PlainOpt = False,
+    as_json: Annotated[
+        bool,
+        typer.Option("--json", help="Print one JSON result object per prompt instead of the text."),
+    ] = False,
+    plot: Annotated[
+        bool,
+        typer.Option(
+            "--plot", help="After each answer, plot entropy and varentropy against the thresholds."
+        ),
+    ] = False,
+) -> None:
+    """Generate an answer for each prompt in a file, each token coloured by its quadrant."""
+    prompts = _read_prompts(prompt_file, system)
+    options = _sampling(sampler, profile, set_, temp, top_k, top_p, min_p, model=model)
+    _guard(_run, prompts, model, max_tokens, seed, raw, jsonl, plain, as_json, options, plot)
+
+
+def _read_prompts(path: str, system: str | None) -> list[dict[str, Any]]:
+    """A text file is one prompt; a .jsonl file holds one {"prompt": …, "system"?: …} per line."""
+    text = _read_prompt(path)
+    if not path.endswith(".jsonl"):
+        return [{"prompt": text, "system": system}]
+    prompts = []
+    for number, line in enumerate(text.splitlines(), 1):
+        if not line.strip():
+            continue
+        try:
+            item = json.loads(line)
+        except json.JSONDecodeError as e:
+            _fail(
+                f'--prompt-file {path}:{number}: not JSON ({e.msg}); write one {{"prompt": …}} per line'
+            )
+        if (
+            not isinstance(item, dict)
+            or not isinstance(item.get("prompt"), str)
+            or not item["prompt"].strip()
+        ):
+            _fail(
+                f'--prompt-file {path}:{number}: expected an object with a non-empty "prompt" string'
+            )
+        if not isinstance(item.setdefault("system", system), (str, type(None))):
+            _fail(f'--prompt-file {path}:{number}: "system" must be a string')
+        prompts.append(item)
+    return prompts
+
+
+def _run(prompts, model, max_tokens, seed, raw, jsonl, plain, as_json, options, plot=False) -> None:
+    import mlx.core as mx
+
+    from ..engine.generate import Summary, generate
+    from ..engine.records import JsonlWriter, summary_record
+    from ..ui import render as tui
+
+    err = tui.make_console(plain=tui.wants_plain(plain, sys.stderr), stderr=True)
+    out = tui.make_console(plain=tui.wants_plain(plain, sys.stdout))
+    mdl, tok, info = _load(err, model)
+    _show_profile(err, options, info.name)
+    seed = seed if seed is not None else _random_seed()
+    # Everything `entropix replay --check` needs to decode the same tokens again.
+    context = {
+        "model": info.name,
+        "device": info.device,
+        "seed": seed,
+        "sampler": options["sampler"],
+        "config": options["config"],
+        "params": options["params"],
+        "model_path": str(info.path.resolve()),
+        "max_tokens": max_tokens,
+        "raw": raw,
+        "prompt_count": len(prompts),
+    }
+    with JsonlWriter(jsonl) if jsonl else contextlib.nullcontext() as writer:
+        for i, item in enumerate(prompts):
+            if len(prompts) > 1 and not as_json:
+                out.print(tui.render_header(i + 1, len(prompts), item["prompt"]))
+            ids = _prompt_ids(tok, item["prompt"], item["system"], raw)
+            events: list = []
+            try:
+                stream = generate(mdl, tok, ids, max_tokens=max_tokens, seed=seed, **options)
+                _stream_answer(stream, events, None if as_json else out, writer)
+            finally:  # a Ctrl-C still leaves the summary of what was generated
+                summary, peak = Summary.from_events(events), mx.get_peak_memory()
+                record = summary_record(
+                    summary,
+                    prompt_index=i,
+                    prompt=item["prompt"],
+                    system=item["system"],
+                    peak_memory=peak,
+                    **context,
+                )
+                if writer:
+                    writer.write(record)
+                if not as_json:
+                    err.print(tui.render_summary(summary, peak))
+            if plot and not as_json:
+                from ..ui.plots import render_plots
+
+                out.print(render_plots(events, options["config"]))
+            if as_json:
+                result = {
+                    "prompt": item["prompt"],
+                    "text": "".join(e.text for e in events),
+                } | record
+                typer.echo(json.dumps(result, ensure_ascii=False))
+
+
+@app.command()
+def tokenize(
+    model: ModelOpt = None,
+    text: Annotated[str | None, typer.Option("--text", "-t", help="Text to tokenize.")] = None,
+    file: Annotated[
+        str | None, typer.Option("--file", "-f", help="File to tokenize (- for stdin).")
+    ] = None,
+    as_json: Annotated[bool, typer.Option("--json", help="Print {ids, pieces} as JSON.")] = False,
+) -> None:
+    """Show how the model's tokenizer splits text (special-token text is parsed as special tokens)."""
+    if (text is None) == (file is None):
+        _fail("tokenize: pass exactly one of --text or --file")
+    source = text if text is not None else _read_prompt(file)
+    _guard(_tokenize, model, source, as_json)
+
+
+def _tokenize(model: str | None, source: str, as_json: bool) -> None:
+    from ..model.load import load_tokenizer
+
+    tok = load_tokenizer(model)
+    ids = tok.encode(source)
+    pieces = [tok.token_piece(i) for i in ids]
+    if as_json:
+        typer.echo(json.dumps({"ids": ids, "pieces": pieces}, ensure_ascii=False))
+        return
+    typer.echo(" ".join(str(i) for i in ids))
+    typer.echo(" ".join(repr(p) for p in pieces))
+    typer.echo(f"{len(ids)} tokens")
+
+
+@app.command()
+def models() -> None:
+    """List the models under models/ with architecture, size and quantization."""
+    _guard(_models)
+
+
+def _models() -> None:
+    from rich.table import Table
+
+    from ..model.load import list_models, runtime_summary
+    from ..ui import render as tui
+
+    console = tui.make_console(plain=not sys.stdout.isatty())
+    table = Table("name", "arch", "size", "quantization", box=None)
+    for m in list_models():
+        table.add_row(m.name, m.arch, f"{m.size_bytes / 2**20:.0f} MiB", m.quantization)
+    console.print(table)
+    console.print(runtime_summary(), style="ui.muted")

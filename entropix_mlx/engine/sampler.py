@@ -1,0 +1,263 @@
+"""Entropix sampling (ENTROPIX.md §2–3): pure filters, one exact draw, strategies, samplers.
+
+Strategies only choose `SamplingParams`; `sample` is the one place a token is drawn. Randomness
+comes in as an explicit key on every call. `SamplerConfig` and its profiles live in profiles.py.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from typing import Protocol
+
+import mlx.core as mx
+
+from .config import INF, SAMPLERS, SamplerConfig, check_range
+from .metrics import Metrics
+
+QUADRANTS = ("LELV", "HELV", "LEHV", "HEHV", "MID")
+STRATEGIES = ("argmax", "clarify", "explore", "resample", "adaptive")
+
+
+@dataclass(frozen=True)
+class SamplingParams:
+    """One draw's parameters: top_k 0, top_p 1.0, min_p 0.0 switch a filter off; T 0 is argmax.
+
+    Validated on construction (the factory), so invalid parameters cannot exist.
+    """
+
+    temperature: float
+    top_k: int
+    top_p: float
+    min_p: float
+
+    def __post_init__(self) -> None:
+        if isinstance(self.top_k, bool) or not isinstance(self.top_k, int):
+            raise ValueError(f"top_k={self.top_k!r} must be an integer ≥ 0 (0 = off)")
+        check_range("temperature", self.temperature, (0.0, INF, False, True))
+        check_range("top_k", self.top_k, (0, INF, False, True))
+        check_range("top_p", self.top_p, (0.0, 1.0, True, False))
+        check_range("min_p", self.min_p, (0.0, 1.0, False, False))
+
+
+ARGMAX = SamplingParams(temperature=0.0, top_k=0, top_p=1.0, min_p=0.0)
+
+
+def apply_top_k(logprobs: mx.array, k: int) -> mx.array:
+    """Keep the k most likely tokens (k ≤ 0 or ≥ vocab: all)."""
+    V = logprobs.shape[-1]
+    if k <= 0 or k >= V:
+        return logprobs
+    drop = mx.argpartition(logprobs, kth=V - k, axis=-1)[..., : V - k]  # (..., V−k) least likely
+    return mx.put_along_axis(logprobs, drop, mx.array(-INF, logprobs.dtype), axis=-1)
+
+
+def apply_top_p(logprobs: mx.array, p: float) -> mx.array:
+    """Keep the smallest set of most likely tokens whose mass reaches p (the top token always).
+
+    Mass is relative to what is still unmasked; tokens tied with the last kept one are kept too.
+    """
+    if p >= 1.0:
+        return logprobs
+    s = mx.sort(logprobs, axis=-1)  # (..., V) ascending
+    e = mx.exp(s - s[..., -1:])
+    above = mx.cumsum(e, axis=-1, reverse=True, inclusive=False)  # mass of more likely tokens
+    n_keep = mx.sum(above < p * (above[..., :1] + e[..., :1]), axis=-1, keepdims=True)  # ≥ 1
+    threshold = mx.take_along_axis(s, s.shape[-1] - n_keep, axis=-1)
+    return mx.where(logprobs < threshold, -INF, logprobs)
+
+
+def apply_min_p(logprobs: mx.array, min_p: float) -> mx.array:
+    """Drop tokens with p < min_p · p_max (min_p 0: none)."""
+    if min_p <= 0.0:
+        return logprobs
+    threshold = mx.max(logprobs, axis=-1, keepdims=True) + math.log(min_p)
+    return mx.where(logprobs < threshold, -INF, logprobs)
+
+
+def candidates(logits: mx.array, params: SamplingParams) -> tuple[mx.array, mx.array | None]:
+    """Filtered float32 log-probabilities (up to a constant) and their vocab ids (None: all).
+
+    With top-k on, the k best are gathered first (an argpartition: ~8x cheaper than sorting 128k on
+    CPU), so top-p and min-p only see k values. Every filter and the Gumbel-max draw are shift
+    invariant, so the full-vocabulary log-softmax and the final renormalisation are left out.
+    """
+    V, k = logits.shape[-1], params.top_k
+    ids = None
+    if 0 < k < V:
+        ids = mx.argpartition(logits, kth=V - k, axis=-1)[..., V - k :]  # (..., k), unordered
+        logits = mx.take_along_axis(logits, ids, axis=-1)
+    x = logits.astype(mx.float32) / params.temperature
+    return apply_min_p(apply_top_p(x, params.top_p), params.min_p), ids
+
+
+def _draw(logprobs: mx.array, ids: mx.array | None, key: mx.array) -> mx.array:
+    # mx.random.categorical is argmax(logits + Gumbel noise): an exact draw, not a uniform trick.
+    choice = mx.random.categorical(logprobs, axis=-1, key=key)
+    if ids is not None:
+        choice = mx.take_along_axis(ids, choice[..., None], axis=-1)[..., 0]
+    return choice.astype(mx.int32)
+
+
+def sample(logits: mx.array, params: SamplingParams, key: mx.array) -> mx.array:
+    """A lazy int32 token per row of `logits` (..., V): top-k, top-p, min-p, one exact draw."""
+    if params.temperature == 0.0:
+        return mx.argmax(logits, axis=-1).astype(mx.int32)
+    return _draw(*candidates(logits, params), key)
+
+
+def draw_candidates(logits: mx.array, params: SamplingParams, key: mx.array, n: int) -> mx.array:
+    """n lazy int32 tokens from `logits` (V,), candidate i drawn with key i of split(key, n)."""
+    keys = mx.random.split(key, n)  # (n, 2): independent keys, one per candidate
+    if params.temperature == 0.0:
+        return mx.broadcast_to(mx.argmax(logits, axis=-1).astype(mx.int32), (n,))
+    logprobs, ids = candidates(logits, params)
+    return mx.vmap(lambda k: _draw(logprobs, ids, k))(keys)  # (n,)
+
+
+def best_of(logits: mx.array, params: SamplingParams, key: mx.array, n: int) -> mx.array:
+    """The candidate of `draw_candidates` with the highest log p at temperature 1.
+
+    log p at T = 1 is the raw logit minus one shared log Z, so the raw logits rank the candidates.
+    """
+    tokens = draw_candidates(logits, params, key, n)
+    return tokens[mx.argmax(logits[tokens])]
+
+
+def classify(entropy: float, varentropy: float, cfg: SamplerConfig) -> tuple[str, str]:
+    """(quadrant, strategy) by the ENTROPIX.md §2 table; first match wins, bounds are strict."""
+    if entropy < cfg.low_ent and varentropy < cfg.low_vent:
+        return "LELV", "argmax"
+    if entropy > cfg.high_ent and varentropy < cfg.low_vent:
+        return "HELV", "clarify"
+    if entropy < cfg.high_ent and varentropy > cfg.high_vent:
+        return "LEHV", "explore"
+    if entropy > cfg.med_ent and varentropy > cfg.high_vent:
+        return "HEHV", "resample"
+    return "MID", "adaptive"
+
+
+def strategy_params(strategy: str, m: Metrics, cfg: SamplerConfig) -> SamplingParams:
+    """The sampling parameters a strategy uses, by the ENTROPIX.md §2 formulas."""
+    T0, k0, p0, m0 = cfg.temperature, cfg.top_k, cfg.top_p, cfg.min_p
+    if strategy == "argmax":
+        return ARGMAX
+    if strategy == "clarify":
+        t = T0 * (cfg.clarify_temp_base + cfg.clarify_temp_attn_entropy * m.attn_entropy)
+        return SamplingParams(min(cfg.clarify_temp_max, t), k0, p0, m0)
+    if strategy == "explore":
+        t = T0 * (cfg.explore_temp_base + cfg.explore_temp_interaction * m.interaction_strength)
+        k = int(k0 * (1.0 + cfg.explore_top_k_disagreement * (1.0 - m.agreement)))
+        return SamplingParams(min(cfg.explore_temp_max, t), max(cfg.explore_top_k_min, k), p0, m0)
+    if strategy == "resample":
+        t = T0 * (cfg.resample_temp_base + cfg.resample_temp_attn_varentropy * m.attn_varentropy)
+        p = p0 - cfg.resample_top_p_attn_entropy * m.attn_entropy
+        return SamplingParams(max(cfg.resample_temp_min, t), k0, max(cfg.resample_top_p_min, p), m0)
+    if strategy == "adaptive":
+        ul, ua = m.entropy + m.varentropy, m.attn_entropy + m.attn_varentropy
+        t = 1.0 + cfg.adaptive_temp_logit_unc * ul + cfg.adaptive_temp_attn_unc * ua
+        t = T0 * (t - cfg.adaptive_temp_agreement * m.agreement)
+        p = p0 * (1.0 + cfg.adaptive_top_p_attn_varentropy * m.attn_varentropy)
+        k = 1.0 + cfg.adaptive_top_k_interaction * m.interaction_strength
+        k = round(k0 * (k - cfg.adaptive_top_k_agreement * m.agreement))
+        mp = m0 * (1.0 - cfg.adaptive_min_p_logit_unc * ul)
+        return SamplingParams(
+            t,
+            min(max(k, cfg.adaptive_top_k_min), cfg.adaptive_top_k_max),
+            min(max(p, cfg.adaptive_top_p_min), cfg.adaptive_top_p_max),
+            min(max(mp, cfg.adaptive_min_p_min), cfg.adaptive_min_p_max),
+        )
+    raise ValueError(f"strategy {strategy!r} is not one of {', '.join(STRATEGIES)}")
+
+
+@dataclass(frozen=True, eq=False)
+class Decision:
+    """What the sampler chose for one step."""
+
+    token: mx.array | None  # lazy int32 scalar; None when `inserted` is non-empty
+    inserted: tuple[int, ...]  # clarify-text ids to insert instead of sampling
+    quadrant: str  # LELV HELV LEHV HEHV MID, from the metrics whatever the sampler
+    strategy: str  # argmax clarify explore resample adaptive | greedy | sample
+    params: SamplingParams  # what was used; for an insertion, what clarify samples with next
+
+
+class Sampler(Protocol):
+    name: str
+
+    def __call__(
+        self, logits: mx.array, metrics: Metrics, key: mx.array, *, clarify_left: int
+    ) -> Decision: ...
+
+
+def _as_vector(logits: mx.array) -> mx.array:
+    """Samplers take one step's logits, (V,) or (1, V)."""
+    if logits.ndim == 2 and logits.shape[0] == 1:
+        return logits[0]
+    if logits.ndim != 1:
+        raise ValueError(f"sampler logits must be (V,) or (1, V), got shape {tuple(logits.shape)}")
+    return logits
+
+
+@dataclass(frozen=True, eq=False)
+class EntropixSampler:
+    """Picks a strategy from the step's metrics (ENTROPIX.md §2)."""
+
+    config: SamplerConfig
+    clarify_ids: tuple[int, ...] = ()
+    name: str = field(default="entropix", init=False)
+
+    def __call__(
+        self, logits: mx.array, metrics: Metrics, key: mx.array, *, clarify_left: int
+    ) -> Decision:
+        logits = _as_vector(logits)
+        quadrant, strategy = classify(metrics.entropy, metrics.varentropy, self.config)
+        params = strategy_params(strategy, metrics, self.config)
+        if strategy == "clarify" and clarify_left > 0 and self.clarify_ids:
+            return Decision(None, self.clarify_ids, quadrant, strategy, params)
+        if strategy == "adaptive":
+            token = best_of(logits, params, key, self.config.n_adaptive_samples)
+        else:
+            token = sample(logits, params, key)
+        return Decision(token, (), quadrant, strategy, params)
+
+
+@dataclass(frozen=True, eq=False)
+class PlainSampler:
+    """Fixed parameters every step (greedy is T = 0); metrics only name the quadrant."""
+
+    config: SamplerConfig
+    params: SamplingParams
+    name: str = "sample"
+
+    def __call__(
+        self, logits: mx.array, metrics: Metrics, key: mx.array, *, clarify_left: int
+    ) -> Decision:
+        token = sample(_as_vector(logits), self.params, key)
+        quadrant, _ = classify(metrics.entropy, metrics.varentropy, self.config)
+        return Decision(token, (), quadrant, self.name, self.params)
+
+
+def make_sampler(
+    name: str,
+    config: SamplerConfig,
+    *,
+    clarify_ids: Sequence[int] = (),
+    params: SamplingParams | None = None,
+) -> Sampler:
+    """`entropix`, `greedy` or `sample` (with `params`, by default the config's T0/k0/p0/m0).
+
+    `clarify_ids`: `config.clarify_text` tokenized by the model (empty: clarify never inserts).
+    """
+    if name == "entropix":
+        ids = tuple(clarify_ids)
+        if any(isinstance(i, bool) or not isinstance(i, int) or i < 0 for i in ids):
+            raise ValueError(f"clarify_ids={ids!r} must be token ids (integers ≥ 0)")
+        return EntropixSampler(config, ids)
+    if name == "greedy":
+        return PlainSampler(config, ARGMAX, name="greedy")
+    if name == "sample":
+        if params is None:
+            params = SamplingParams(config.temperature, config.top_k, config.top_p, config.min_p)
+        return PlainSampler(config, params)
+    raise ValueError(f"sampler {name!r} is not one of {', '.join(SAMPLERS)}")

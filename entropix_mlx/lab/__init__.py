@@ -1,0 +1,2 @@
+"""Experiments over finished decodes: compare, replay, calibrate, evaluate. They return data; `ui/`
+renders it."""
