@@ -4,7 +4,8 @@ Same weights, same device, same BLAS, one process. mlx-lm's Llama is given our l
 (same names), so both engines run identical tensors in the same layout. Where llama-cpp-python is
 installed (not a dependency) and the model is a GGUF file, llama.cpp runs the same file for context.
 
-    python benchmarks/decode.py [--model M] [--layout auto|dense|quantized] [--prompt-tokens 500] [--tokens 128]
+    python benchmarks/decode.py [--model M] [--layout auto|dense|quantized]
+                                [--prompt-tokens 500] [--tokens 128]
 """
 
 from __future__ import annotations
@@ -57,7 +58,7 @@ def bench_mlx_lm(model, prompt: list[int], tokens: int) -> tuple[float, float]:
 
     t0 = time.perf_counter()
     times = []
-    for (tok, _), _ in zip(
+    for (_tok, _), _ in zip(
         generate_step(mx.array(prompt), model, max_tokens=tokens), range(tokens)
     ):
         times.append(time.perf_counter())

@@ -1,4 +1,4 @@
-"""Per-step cost of the Entropix metrics + sampler decision, at SmolLM2's and Llama 3's vocabularies.
+"""Per-step cost of the Entropix metrics + sampler decision at SmolLM2's and Llama 3's vocabularies.
 
 One step = `step_metrics` (logits + attention statistics of every layer's newest row, on the host),
 the strategy decision, and the sampled token evaluated — what `generate` adds to a forward pass.
@@ -29,7 +29,7 @@ def step_times(vocab: int, scale: float, steps: int, sampler_name: str) -> list[
     sampler = make_sampler(sampler_name, SamplerConfig(), clarify_ids=(1,))
     scores = mx.random.normal((1, LAYERS, HEADS, CONTEXT), key=key) * 3
     times = []
-    for i in range(steps):
+    for _i in range(steps):
         key, k_logits, k_step = mx.random.split(key, 3)
         logits = mx.random.normal((1, vocab), key=k_logits) * scale
         mx.eval(logits, scores)
@@ -53,7 +53,8 @@ def main() -> None:
                 t = sorted(step_times(vocab, scale, args.steps, name))
                 p90 = t[int(0.9 * len(t))]
                 print(
-                    f"{vocab:>8} {scale:>12.1f} {name:>9} {1e3 * statistics.mean(t):>8.2f} {1e3 * p90:>8.2f}"
+                    f"{vocab:>8} {scale:>12.1f} {name:>9} "
+                    f"{1e3 * statistics.mean(t):>8.2f} {1e3 * p90:>8.2f}"
                 )
 
 

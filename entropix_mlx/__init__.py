@@ -1,7 +1,8 @@
 """entropix-mlx: Llama 3.x on MLX with the Entropix adaptive sampler.
 
 Importing the package sets up the BLAS (before MLX binds its symbols; see `model/backend.py`) and
-nothing else: the public API below is imported on first use, so `entropix --help` never pays for MLX.
+nothing else: the public API below is imported on first use, so `entropix --help` never pays for
+MLX.
 No submodule shares a name with the API, so `entropix_mlx.generate` is the function whatever was
 imported before.
 """

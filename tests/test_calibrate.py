@@ -1,4 +1,4 @@
-"""`entropix calibrate`: thresholds at quantiles of synthetic distributions, profiles that load back,
+"""`entropix calibrate`: thresholds at quantiles of synthetic distributions, profiles that load,
 the shipped SmolLM2 profile, `--profile auto`, and the command end to end on a tiny random model."""
 
 from __future__ import annotations

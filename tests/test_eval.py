@@ -139,7 +139,8 @@ def test_question_fields(tmp_path: Path) -> None:
     path = tmp_path / "q.jsonl"
     path.write_text(
         '{"question": "2+2?", "number": 4}\n\n'
-        '{"id": "cap", "question": " Capital? ", "answer": ["Paris", "paris, france"], "category": "f"}\n'
+        '{"id": "cap", "question": " Capital? ", "answer": ["Paris", "paris, france"], '
+        '"category": "f"}\n'
         '{"question": "Who?", "regex": "x", "system": "Be brief."}\n'
     )
     a, b, c = load_questions(path)

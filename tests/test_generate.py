@@ -1,4 +1,4 @@
-"""The decode loop: reproducibility, stop conditions, clarify insertion, events and the JSONL record."""
+"""The decode loop: reproducibility, stop conditions, clarify insertion, events, JSONL records."""
 
 from __future__ import annotations
 

@@ -160,7 +160,7 @@ def _np_rope(x: np.ndarray, positions: np.ndarray, periods: np.ndarray) -> np.nd
 
 
 def _np_layer_stats(attn: llama.Attention, xs: np.ndarray) -> tuple[np.ndarray, float, float]:
-    """Head entropies, agreement and interaction of the last query of `xs` (T, dim) normed inputs."""
+    """Head entropies, agreement and interaction of the last query of (T, dim) normed inputs."""
     H, Hkv, D = attn.n_heads, attn.n_kv_heads, attn.head_dim
     weight = lambda proj: np.array(proj.weight).astype(np.float64)
     periods = np.array(attn._freqs).astype(np.float64)

@@ -73,7 +73,7 @@ def test_greedy_ids_match_llama_cpp_until_a_near_tie(smollm2, name: str) -> None
 
 
 def test_logits_and_attention_equal_mlx_lm_float32(smollm2) -> None:
-    """The same dequantized weights in mlx-lm's Llama: an exact float32 reference for our network."""
+    """The same dequantized weights in mlx-lm's Llama: an exact float32 reference for ours."""
     from mlx.utils import tree_flatten
     from mlx_lm.models import llama as ref_llama
 

@@ -41,7 +41,7 @@ M = Metrics(
 
 
 def chi2_pvalue(counts: np.ndarray, probs: np.ndarray) -> float:
-    """Goodness of fit over the cells expecting ≥ 5 draws (Wilson–Hilferty tail, fine for df ≥ 3)."""
+    """Goodness of fit over the cells expecting ≥ 5 draws (Wilson–Hilferty tail, fine at df ≥ 3)."""
     n = counts.sum()
     cells = probs * n >= 5
     rest = ~cells & (probs > 0)

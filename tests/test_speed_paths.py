@@ -97,5 +97,6 @@ def test_without_the_gemv_shim_blas_status_says_how_to_get_it(
 ) -> None:
     monkeypatch.setattr(blas, "_shim", lambda: None)
     assert blas._describe("/lib/libopenblas.so") == (
-        "OpenBLAS (/lib/libopenblas.so; no gemv shim: reinstall with a C compiler for faster decoding)"
+        "OpenBLAS (/lib/libopenblas.so; no gemv shim: "
+        "reinstall with a C compiler for faster decoding)"
     )

@@ -2,7 +2,7 @@
 
 `ChatSession` renders the conversation with the model's chat template, reuses the cache for the
 longest common prefix with what it already holds, prefills only the new tokens and streams
-`TokenEvent`s. It renders nothing; `chat_loop.py` drives it and `chat_view.py` shows it.
+`TokenEvent`s. It renders nothing; `chat.loop` drives it and a view (`ui.chat_view`) shows it.
 """
 
 from __future__ import annotations

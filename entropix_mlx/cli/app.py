@@ -1,4 +1,4 @@
-"""The `entropix` command. Thin: parse options, call the library, pick a renderer.
+"""The typer app and what every command shares: options, prompt reading, loading, one-line errors.
 
 MLX is imported inside commands only, so `entropix --help` stays fast.
 """
@@ -26,7 +26,8 @@ ModelOpt = Annotated[
     typer.Option(
         "--model",
         "-m",
-        help="A .gguf file, an HF/mlx-community folder, or a name under models/ (default: SmolLM2-135M).",
+        help="A .gguf file, an HF/mlx-community folder, or a name under models/ "
+        "(default: SmolLM2-135M).",
     ),
 ]
 MaxTokensOpt = Annotated[
@@ -38,7 +39,8 @@ ProfileOpt = Annotated[
     str,
     typer.Option(
         "--profile",
-        help="Sampler thresholds: reference (the spec's), auto (calibrated for the model, else reference), a name (smollm2) or a TOML path.",
+        help="Sampler thresholds: reference (the spec's), auto (calibrated for the model, else "
+        "reference), a name (smollm2) or a TOML path.",
     ),
 ]
 SetOpt = Annotated[
@@ -166,7 +168,8 @@ def _stream_answer(stream, events: list, out, writer) -> None:
 
 
 def _load(console, model: str | None) -> tuple:
-    """Load with a spinner naming the model, then one line: name, size, quantization, device, time."""
+    """Load with a spinner naming the model, then one line: name, size, quantization, device,
+    time."""
     from ..model.load import load
     from ..ui import render as tui
 

@@ -41,7 +41,7 @@ def chat(
     min_p: MinPOpt = 0.0,
     plain: PlainOpt = False,
 ) -> None:
-    """Talk to the model, every token coloured by its quadrant (inside, /help lists the commands)."""
+    """Talk to the model, every token coloured by its quadrant (/help lists the commands)."""
     options = _sampling(sampler, profile, set_, temp, top_k, top_p, min_p, model=model)
     _guard(_chat, model, system, max_tokens, seed, plain, options)
 

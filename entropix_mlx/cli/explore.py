@@ -1,4 +1,4 @@
-"""Lab commands that look at runs: compare, replay, plot. Thin, like cli.py.
+"""Lab commands that look at runs: compare, replay, plot. Thin, like every command module.
 
 MLX is imported inside command bodies only (through the helpers), so `entropix --help` stays fast.
 """
@@ -69,7 +69,7 @@ def compare(
     plain: PlainOpt = False,
     plot: PlotOpt = False,
 ) -> None:
-    """Decode one prompt with each sampler (same model, same seed) and show the answers side by side.
+    """Decode one prompt with each sampler (same model and seed); show the answers side by side.
 
     The first token where the answers part is marked », and each column ends with its token
     count, decode speed, mean entropy and strategy mix.
@@ -137,7 +137,8 @@ def replay(
         bool,
         typer.Option(
             "--check",
-            help="Decode the run again with its recorded model, prompt, sampler, config and seed; exit 1 if any token differs.",
+            help="Decode the run again with its recorded model, prompt, sampler, config and seed; "
+            "exit 1 if any token differs.",
         ),
     ] = False,
     model: Annotated[

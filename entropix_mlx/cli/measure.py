@@ -1,25 +1,17 @@
-"""Lab commands that measure: calibrate, eval. Thin, like cli.py.
-
-Their few renderables (the eval table, one-line reports) live here rather than in tui.py, which is
-at its size limit; they are pure functions of the library's results.
-"""
+"""Lab commands that measure: calibrate, eval. Thin: options in, the lab's results out through
+`ui.tables`."""
 
 from __future__ import annotations
 
 import datetime
 import sys
 from pathlib import Path
-from typing import TYPE_CHECKING, Annotated, Any
+from typing import Annotated
 
 import typer
 
 from ..errors import EntropixError
 from .app import ModelOpt, PlainOpt, ProfileOpt, _fail, _guard, _load, _model_file_name, app
-
-if TYPE_CHECKING:
-    from rich.table import Table
-
-    from ..lab.evaluate import Answer, SamplerScore
 
 InFile = dict(exists=True, dir_okay=False, readable=True)
 
@@ -45,7 +37,8 @@ def calibrate(
             "--prompt-file",
             "-f",
             **InFile,
-            help='Prompts: .jsonl with one {"prompt": …} per line, or any other text file with one prompt per line.',
+            help='Prompts: .jsonl with one {"prompt": …} per line, or any other text file with one '
+            "prompt per line.",
         ),
     ],
     out: Annotated[
@@ -101,6 +94,7 @@ def _calibrate(prompt_file, out, model, max_tokens, quantiles, base, plain) -> N
         render_profile_toml,
     )
     from ..ui import render as tui
+    from ..ui import tables
 
     prompts = load_prompts(prompt_file)
     err = tui.make_console(plain=tui.wants_plain(plain, sys.stderr), stderr=True)
@@ -122,29 +116,7 @@ def _calibrate(prompt_file, out, model, max_tokens, quantiles, base, plain) -> N
     )
     out.write_text(render_profile_toml(config, header, models=[info.name]), encoding="utf-8")
     console = tui.make_console(plain=tui.wants_plain(plain, sys.stdout))
-    console.print(_calibration_report(out, config, base, samples, plain))
-
-
-def _calibration_report(out, config, base, samples, plain: bool) -> Any:
-    """What was written, and how the calibration tokens split under it and under the base."""
-    from rich.console import Group
-    from rich.text import Text
-
-    from ..lab.calibrate import mix_line, quadrant_mix
-    from ..ui import render as tui
-
-    n = len(samples["entropy"])
-    lines = [Text(f"wrote {out} from {n} tokens; use it with --profile {out}", style="ui.title")]
-    for name, c in (("calibrated", config), (base.profile, base)):
-        line = Text(
-            f"{name:>10}: H {c.low_ent:.2f}/{c.med_ent:.2f}/{c.high_ent:.2f} · V "
-            f"{c.low_vent:.2f}/{c.high_vent:.2f} · ",
-            style="ui.muted",
-        )
-        mix = quadrant_mix(samples, c)
-        bar = tui.render_mix_bar(mix) if not plain else Text()
-        lines.append(line.append_text(bar).append(f" {mix_line(mix)}", style="ui.muted"))
-    return Group(*lines)
+    console.print(tables.calibration_report(out, config, base, samples, plain))
 
 
 # ── eval ──────────────────────────────────────────────────────────────────────────────────────
@@ -220,6 +192,7 @@ def _eval(path, questions, samplers, model, max_tokens, seed, config, jsonl, pla
     from ..engine.records import JsonlWriter
     from ..lab.evaluate import answer_questions, tally
     from ..ui import render as tui
+    from ..ui import tables
 
     err = tui.make_console(plain=tui.wants_plain(plain, sys.stderr), stderr=True)
     out = tui.make_console(plain=tui.wants_plain(plain, sys.stdout))
@@ -231,7 +204,7 @@ def _eval(path, questions, samplers, model, max_tokens, seed, config, jsonl, pla
             mdl, tok, questions, samplers, config=config, max_tokens=max_tokens, seed=seed
         ):
             answers.append(answer)
-            err.print(_answer_line(answer), no_wrap=True, overflow="ellipsis")
+            err.print(tables.answer_line(answer), no_wrap=True, overflow="ellipsis")
             if writer:
                 writer.write(answer.record())
         rows = tally(answers)
@@ -245,51 +218,8 @@ def _eval(path, questions, samplers, model, max_tokens, seed, config, jsonl, pla
                         "max_tokens": max_tokens,
                         "seed": seed,
                         "config": dataclasses.asdict(config),
-                        "samplers": [_row_record(r) for r in rows],
+                        "samplers": [r.record() for r in rows],
                     }
                 }
             )
-    out.print(render_eval_table(rows, bar=not tui.wants_plain(plain, sys.stdout)))
-
-
-def _answer_line(answer: Answer) -> Any:
-    from rich.text import Text
-
-    text = " ".join(answer.text.split())
-    mark, style = ("✓", "quad.lehv") if answer.correct else ("✗", "ui.error")
-    line = Text(f"{mark} ", style=style).append(f"{answer.sampler:<8} {answer.question.id}: ")
-    return line.append(text or "(empty)", style="ui.muted")
-
-
-def _row_record(row: SamplerScore) -> dict[str, Any]:
-    return {
-        "sampler": row.sampler,
-        "questions": row.questions,
-        "correct": row.correct,
-        "accuracy": row.accuracy,
-        "mean_tokens": row.mean_tokens,
-        "tokens_per_second": row.tokens_per_second,
-        "strategies": row.strategies,
-        "quadrants": row.quadrants,
-    }
-
-
-def render_eval_table(rows: list[SamplerScore], *, bar: bool = True) -> Table:
-    """One row per sampler: accuracy, mean tokens, decode tok/s, quadrant bar + strategy mix."""
-    from rich.table import Table
-
-    from ..ui import render as tui
-
-    table = Table("sampler", "accuracy", "mean tokens", "tok/s", "strategy mix", box=None)
-    for r in rows:
-        accuracy = f"{r.correct}/{r.questions} {100 * r.accuracy:.0f}%"
-        # A plain sampler has one strategy; its quadrant mix says what Entropix would have seen.
-        counts = (r.strategies,) if r.sampler == "entropix" else (r.strategies, r.quadrants)
-        table.add_row(
-            r.sampler,
-            accuracy,
-            f"{r.mean_tokens:.1f}",
-            f"{r.tokens_per_second:.1f}",
-            tui.render_mix(r.quadrants, *counts, bar=bar),
-        )
-    return table
+    out.print(tables.eval_table(rows, bar=not tui.wants_plain(plain, sys.stdout)))

@@ -97,7 +97,8 @@ def _read_prompts(path: str, system: str | None) -> list[dict[str, Any]]:
             item = json.loads(line)
         except json.JSONDecodeError as e:
             _fail(
-                f'--prompt-file {path}:{number}: not JSON ({e.msg}); write one {{"prompt": …}} per line'
+                f"--prompt-file {path}:{number}: not JSON ({e.msg}); "
+                'write one {"prompt": …} per line'
             )
         if (
             not isinstance(item, dict)
@@ -105,7 +106,8 @@ def _read_prompts(path: str, system: str | None) -> list[dict[str, Any]]:
             or not item["prompt"].strip()
         ):
             _fail(
-                f'--prompt-file {path}:{number}: expected an object with a non-empty "prompt" string'
+                f"--prompt-file {path}:{number}: "
+                'expected an object with a non-empty "prompt" string'
             )
         if not isinstance(item.setdefault("system", system), (str, type(None))):
             _fail(f'--prompt-file {path}:{number}: "system" must be a string')
@@ -182,7 +184,7 @@ def tokenize(
     ] = None,
     as_json: Annotated[bool, typer.Option("--json", help="Print {ids, pieces} as JSON.")] = False,
 ) -> None:
-    """Show how the model's tokenizer splits text (special-token text is parsed as special tokens)."""
+    """Show how the model's tokenizer splits text (special-token text becomes special tokens)."""
     if (text is None) == (file is None):
         _fail("tokenize: pass exactly one of --text or --file")
     source = text if text is not None else _read_prompt(file)

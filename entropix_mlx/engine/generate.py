@@ -17,7 +17,8 @@ from ..model.llama import Model, ModelOutput
 from ..tokenize.tokenizer import Tokenizer
 from .config import SamplerConfig
 from .metrics import Metrics, step_metrics
-from .sampler import SamplingParams, make_sampler
+from .sampler import Sampler, SamplingParams, make_sampler
+from .textstream import TextStream
 
 
 @dataclass(frozen=True)
@@ -78,7 +79,7 @@ def prefill(
     chunk: int = 512,
     progress: Callable[[int, int], None] | None = None,
 ) -> ModelOutput:
-    """Feed the prompt in chunks (bounded memory on long prompts); return the last position's output."""
+    """Feed the prompt in chunks (bounded memory on long prompts); the last position's output."""
     if not ids:
         raise ValueError("prefill needs at least one token")
     for start in range(0, len(ids), chunk):
@@ -102,7 +103,7 @@ def generate(
     tokenizer: Tokenizer,
     prompt_ids: Sequence[int],
     *,
-    sampler: str = "greedy",
+    sampler: Sampler | str = "greedy",
     max_tokens: int = 256,
     seed: int | None = None,
     config: SamplerConfig | None = None,
@@ -119,10 +120,15 @@ def generate(
     holds a prefix of prompt + yielded tokens; callers that reuse it compare against `cache.offset`.
     The stop token itself is yielded (text "") so its metrics are visible; `finish_reason` says why
     the stream ended. `stop_ids` defaults to the tokenizer's end-of-turn ids (empty: never stop).
+
+    `sampler` is a `Sampler` from `make_sampler`; a name (with `config` and `params`) builds one
+    here, a convenience for scripts.
     """
-    config = config or SamplerConfig()
-    clarify_ids = tuple(tokenizer.encode(config.clarify_text)) if config.clarify_text else ()
-    choose = make_sampler(sampler, config, clarify_ids=clarify_ids, params=params)
+    if isinstance(sampler, str):
+        sampler = make_sampler(sampler, config, tokenizer=tokenizer, params=params)
+    elif config is not None or params is not None:
+        raise ValueError("pass config and params to make_sampler, not with a Sampler object")
+    choose, config = sampler, sampler.config
     cache = cache if cache is not None else model.make_cache()
     limit = context_limit or model.args.max_position_embeddings
     if cache[0].offset + len(prompt_ids) >= limit:
@@ -132,7 +138,7 @@ def generate(
         )
     key = mx.random.key(seed if seed is not None else int.from_bytes(os.urandom(4), "little"))
     stops = frozenset(tokenizer.stop_ids if stop_ids is None else stop_ids)
-    text = _TextStream(tokenizer, stop_strings)
+    text = TextStream(tokenizer, stop_strings)
 
     t0 = time.perf_counter()
     out = prefill(model, prompt_ids, cache, progress=progress)
@@ -153,7 +159,7 @@ def generate(
         logprob = _token_logprob(logits, first)
         mx.async_eval(logprob)  # queued before the next step, so fetching it never waits on that
 
-        # Build the next step before fetching this token, so the device works while the host renders.
+        # Queue the next step before fetching this token: the device works while the host renders.
         next_ids = (
             mx.array([decision.inserted]) if decision.inserted else decision.token.reshape(1, 1)
         )
@@ -197,35 +203,3 @@ def _finish_reason(stopped: bool, at_max_tokens: bool, context_full: bool) -> st
     if at_max_tokens:
         return "length"
     return "context" if context_full else None
-
-
-class _TextStream:
-    """Detokenizes and holds back text that could begin a stop string, so a stop never half-prints."""
-
-    def __init__(self, tokenizer: Tokenizer, stops: Sequence[str]):
-        self.detok = tokenizer.detokenizer()
-        self.stops = [s for s in stops if s]
-        self.pending = ""
-
-    def push(self, token_id: int) -> tuple[str, bool]:
-        """The text now safe to print, and whether a stop string was reached."""
-        self.detok.add_token(token_id)
-        text = self.pending + self.detok.last_segment
-        for stop in self.stops:
-            at = text.find(stop)
-            if at >= 0:
-                self.pending = ""
-                return text[:at], True
-        cut = len(text)
-        for n in range(min(max((len(s) - 1 for s in self.stops), default=0), len(text)), 0, -1):
-            if any(s.startswith(text[-n:]) for s in self.stops):
-                cut = len(text) - n
-                break
-        self.pending = text[cut:]
-        return text[:cut], False
-
-    def flush(self) -> str:
-        """Everything held back, at the end of the answer."""
-        self.detok.finalize()
-        text, self.pending = self.pending + self.detok.last_segment, ""
-        return text

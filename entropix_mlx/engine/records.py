@@ -1,7 +1,4 @@
-"""The per-token JSONL record of DESIGN.md: what plots, comparisons and replays read.
-
-Kept apart from tui.py (DESIGN.md lists no exporter) because it is data, not rendering.
-"""
+"""The per-token JSONL record of DESIGN.md: what plots, comparisons and replays read."""
 
 from __future__ import annotations
 
@@ -34,7 +31,8 @@ RECORD_FIELDS = (
     "inserted",
     "elapsed",
 )
-# `elapsed` (seconds since prefill) came later than DESIGN.md's list: older files lack it. It makes a
+# `elapsed` (seconds since prefill) came later than DESIGN.md's list: older files lack it. It
+# makes a
 # replay's live status show the recorded speed.
 REQUIRED_FIELDS = RECORD_FIELDS[:-1]
 

@@ -1,7 +1,7 @@
 """Entropix sampling (ENTROPIX.md §2–3): pure filters, one exact draw, strategies, samplers.
 
 Strategies only choose `SamplingParams`; `sample` is the one place a token is drawn. Randomness
-comes in as an explicit key on every call. `SamplerConfig` and its profiles live in profiles.py.
+comes in as an explicit key on every call. `SamplerConfig` and its profiles live in `config`.
 """
 
 from __future__ import annotations
@@ -13,6 +13,7 @@ from typing import Protocol
 
 import mlx.core as mx
 
+from ..tokenize.tokenizer import Tokenizer
 from .config import INF, SAMPLERS, SamplerConfig, check_range
 from .metrics import Metrics
 
@@ -184,6 +185,7 @@ class Decision:
 
 class Sampler(Protocol):
     name: str
+    config: SamplerConfig  # thresholds name the quadrant; attention_layers and clarify_max too
 
     def __call__(
         self, logits: mx.array, metrics: Metrics, key: mx.array, *, clarify_left: int
@@ -240,15 +242,20 @@ class PlainSampler:
 
 def make_sampler(
     name: str,
-    config: SamplerConfig,
+    config: SamplerConfig | None = None,
     *,
+    tokenizer: Tokenizer | None = None,
     clarify_ids: Sequence[int] = (),
     params: SamplingParams | None = None,
 ) -> Sampler:
     """`entropix`, `greedy` or `sample` (with `params`, by default the config's T0/k0/p0/m0).
 
-    `clarify_ids`: `config.clarify_text` tokenized by the model (empty: clarify never inserts).
+    Clarify inserts `config.clarify_text` as token ids: give them (`clarify_ids`) or the model's
+    `tokenizer` to encode it; with neither, clarify never inserts.
     """
+    config = config or SamplerConfig()
+    if tokenizer is not None and not clarify_ids and config.clarify_text:
+        clarify_ids = tokenizer.encode(config.clarify_text)
     if name == "entropix":
         ids = tuple(clarify_ids)
         if any(isinstance(i, bool) or not isinstance(i, int) or i < 0 for i in ids):

@@ -141,13 +141,15 @@ def calibration_header(
     lines = [
         f"Sampler profile calibrated for {model} by `entropix calibrate` on {date}.",
         f"Prompts: {prompts_file}",
-        f"  ({prompts} prompts, greedy, chat template, up to {max_tokens} tokens each: {tokens} tokens).",
+        f"  ({prompts} prompts, greedy, chat template, up to {max_tokens} tokens each: "
+        f"{tokens} tokens).",
         f"Quantiles: low={quantiles.low:g} med={quantiles.med:g} high={quantiles.high:g} —"
         " low_ent/med_ent/high_ent are those quantiles of the",
         "entropy H (bits), low_vent/high_vent the low/high quantiles of the varentropy V (bits²).",
         f"Every other field is copied from the {base.profile!r} profile.",
         "",
-        "Empirical distribution over the calibration tokens (attention metrics: see ENTROPIX.md §1;",
+        "Empirical distribution over the calibration tokens "
+        "(attention metrics: see ENTROPIX.md §1;",
         "no sampler threshold uses them, but their scale is model-dependent too):",
         *("  " + line for line in distribution_lines(samples)),
         "",

@@ -220,6 +220,14 @@ class SamplerScore:
     def tokens_per_second(self) -> float:
         return self.tokens / self.decode_seconds if self.decode_seconds > 0 else 0.0
 
+    def record(self) -> dict[str, Any]:
+        """The row as the eval JSONL's summary stores it."""
+        names = ("sampler", "questions", "correct", "accuracy", "mean_tokens", "tokens_per_second")
+        return {n: getattr(self, n) for n in names} | {
+            "strategies": self.strategies,
+            "quadrants": self.quadrants,
+        }
+
 
 def tally(answers: Sequence[Answer]) -> list[SamplerScore]:
     """Per sampler, in the order they first appear."""

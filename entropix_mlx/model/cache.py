@@ -41,7 +41,7 @@ class KVCache:
         self.keys, self.values = new_k, new_v
 
     def trim(self, n: int) -> int:
-        """Forget the newest `n` positions (for /retry and stop-string rewinds); returns how many."""
+        """Forget the newest `n` positions (for /retry and stop-string rewinds); how many it did."""
         n = max(0, min(self.offset, n))
         self.offset -= n
         return n

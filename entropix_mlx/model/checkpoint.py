@@ -1,7 +1,5 @@
-"""The record both checkpoint readers (`gguf.read_gguf`, `loading`'s HF-folder reader) return.
-
-It lives apart from both so that `gguf.py` need not import `loading.py`, which imports it.
-"""
+"""The record both checkpoint readers (`gguf.read_gguf`, `load`'s HF-folder reader) return: HF-named
+weights, the model's arguments and, per quantized module, its (group_size, bits)."""
 
 from __future__ import annotations
 

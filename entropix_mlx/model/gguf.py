@@ -4,7 +4,7 @@ under HF names, with llama.cpp's Q/K row permutation undone.
 MLX reads the tensors (F32/F16 and Q4_0/Q4_1/Q8_0 as its own 4/8-bit, group-32 quantization); this
 module reads the header itself so that types MLX would reject are reported by name, and so that
 `entropix models` can describe a file without loading it. The embedded vocabulary is
-`gguf_vocab.py`'s business.
+`tokenize.gguf_vocab`'s business.
 """
 
 from __future__ import annotations

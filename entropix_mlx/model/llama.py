@@ -76,8 +76,9 @@ class ModelArgs:
 
 class ModelOutput(NamedTuple):
     logits: mx.array  # (B, V) for the last position, or (B, L, V) with all_logits=True
-    # The newest query's scaled pre-softmax scores over the valid keys, every layer: (B, layers, H, T).
-    # One step's worth, reduced by metrics.py and then dropped; nothing of this size is kept.
+    # The newest query's scaled pre-softmax scores over the valid keys, every layer:
+    # (B, layers, H, T).
+    # One step's worth, reduced by `engine.metrics` and then dropped; nothing of this size is kept.
     scores: mx.array
 
 

@@ -1,5 +1,4 @@
-"""Load a model (found by model_paths.py: a path, a name under models/, or the default) into
-our `Model`.
+"""Load a model (a path, a name under models/, or the default: see `paths`) into our `Model`.
 
 Two on-disk forms: a GGUF file (F32/F16/Q4_0/Q4_1/Q8_0 tensors) and a Hugging Face /
 mlx-community folder (config.json + safetensors: fp32/fp16/bf16 or MLX-quantized). Both become

@@ -1,1 +1,2 @@
-"""Text to token ids and back: tokenizer backends, their files, GGUF vocabularies, chat templates."""
+"""Text to token ids and back: tokenizer backends, their files, GGUF vocabularies, chat
+templates."""

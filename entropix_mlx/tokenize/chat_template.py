@@ -1,6 +1,6 @@
 """Chat templates: the model's own Jinja template, rendered the way Hugging Face renders it.
 
-Kept apart from the tokenizer backends so `tokenizer.py` stays about vocabularies; only jinja2 is
+Kept apart from the tokenizer backends, which are about vocabularies; only jinja2 is
 needed here, imported on first render.
 """
 

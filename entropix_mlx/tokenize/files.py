@@ -1,6 +1,6 @@
 """Tokenizer files: a model folder's tokenizer.json (Hugging Face) or tokenizer.model (tiktoken
 or SentencePiece), with tokenizer_config.json, chat_template.jinja and generation_config.json
-beside it, read into one of tokenizer.py's backends.
+beside it, read into one of `tokenizer`'s backends.
 """
 
 from __future__ import annotations

@@ -1,4 +1,4 @@
-"""The vocabulary embedded in a GGUF file, rebuilt as one of tokenizer.py's backends.
+"""The vocabulary embedded in a GGUF file, rebuilt as one of `tokenizer`'s backends.
 
 A "gpt2" vocabulary becomes a Hugging Face byte-level BPE with llama.cpp's split regexes; a
 "llama" one is put back together as the SentencePiece model it was taken from.

@@ -1,6 +1,6 @@
 """One `Tokenizer` over four vocabularies: an HF tokenizer.json, a tiktoken or SentencePiece
-tokenizer.model, and the vocabulary embedded in a GGUF file. The files are read by
-tokenizer_files.py, a GGUF vocabulary is rebuilt by gguf_vocab.py.
+tokenizer.model, and the vocabulary embedded in a GGUF file. The files are read by `files`, a
+GGUF vocabulary is rebuilt by `gguf_vocab`.
 
 Every backend parses special-token text ("<|eot_id|>") as that token, so a rendered chat prompt
 encodes alike everywhere, and every backend streams text without ever splitting a character.

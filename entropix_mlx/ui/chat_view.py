@@ -1,5 +1,5 @@
 """The `entropix chat` screen: prompt_toolkit line editing on a terminal (plain line reads on a
-pipe), and tui.py's renderers for everything `chat_loop.run_chat` shows.
+pipe), drawing with `render`'s pieces everything `chat.loop.run_chat` shows.
 """
 
 from __future__ import annotations

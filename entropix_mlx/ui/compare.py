@@ -1,4 +1,4 @@
-"""Rendering of a sampler comparison: the answers in columns, coloured as in chat, and where they part."""
+"""A sampler comparison drawn: the answers in columns, coloured as in chat, and where they part."""
 
 from __future__ import annotations
 

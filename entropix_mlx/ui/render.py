@@ -219,7 +219,7 @@ def render_model_info(info: Any) -> Text:
 
 
 def render_blas_notice(blas: str) -> Text | None:
-    """One line when MLX's CPU matmuls run on the slow reference BLAS (still correct, ~15× slower)."""
+    """One line when MLX's CPU matmuls run on the reference BLAS (still correct, ~15× slower)."""
     if blas.startswith(("OpenBLAS", "n/a")):
         return None
     return Text(f"note: BLAS is {blas}", style="ui.warning")
