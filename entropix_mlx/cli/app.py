@@ -166,14 +166,14 @@ def _options(
         _fail(str(e))
 
 
-def _sampler_names(option: str, text: str) -> tuple[str, ...]:
-    """`--samplers a,b`: each known and named once, else one line and exit 1."""
+def _sampler_names(text: str) -> tuple[str, ...]:
+    """`--samplers a,b` (compare, eval): each known and named once, else one line and exit 1."""
     from ..engine.config import sampler_names
 
     try:
         return sampler_names(text)
     except ValueError as e:
-        _fail(f"{option} {text}: {e}")
+        _fail(f"--samplers {text}: {e}")
 
 
 def _model_file_name(model: str | None) -> str:

@@ -74,7 +74,7 @@ def compare(
     The first token where the answers part is marked », and each column ends with its token
     count, decode speed, mean entropy and strategy mix.
     """
-    names = _sampler_names("--samplers", samplers)
+    names = _sampler_names(samplers)
     text = _read_prompt(prompt_file)
     options = _options(
         names[0],

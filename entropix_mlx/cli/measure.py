@@ -175,7 +175,7 @@ def eval_(
     Every sampler answers every question; `sample` uses the profile's T0/k0/p0/m0, as everywhere."""
     from ..lab.evaluate import load_questions
 
-    names = _sampler_names("--samplers", samplers)
+    names = _sampler_names(samplers)
     options = _options(names[0], max_tokens=max_tokens, seed=seed, profile=profile, model=model)
     _out_path(jsonl, "--jsonl", ".jsonl")
     try:
