@@ -16,8 +16,9 @@ from mlx_lm.models import cache as ref_cache
 from mlx_lm.models import llama as ref_llama
 
 from entropix_mlx.model.cache import KVCache
-from entropix_mlx.model.llama import ModelArgs, rope_frequencies
+from entropix_mlx.model.llama import ModelArgs, make_ops, rope_frequencies
 from entropix_mlx.model.load import load
+from entropix_mlx.model.ops import CpuOps, FusedOps
 
 FLOAT32_TOL = 1e-4  # logits are O(1–10); float32 sums in a different order differ by ~1e-6
 CHECKPOINTS = {
@@ -96,22 +97,32 @@ def test_dense_layout_equals_quantized_layout(checkpoints, name: str) -> None:
 
 @pytest.mark.parametrize("name", ["f32-untied", "q4g64-tied"])
 def test_cpu_ops_path_equals_the_fused_kernel_path(checkpoints, name: str) -> None:
-    """`cpu_ops` and `Model.decode` give the numbers of `mx.fast`'s kernels: a whole prompt, a
-    chunk after a cached prefix, and one-token steps across the cache's growth."""
+    """`CpuOps` (composed kernels, the one-token decode) give the numbers of `FusedOps` (`mx.fast`'s
+    kernels): a whole prompt, a chunk after a cached prefix, one-token steps across cache growth."""
     model, _, _ = load(checkpoints[name], layout="quantized" if name.startswith("q") else "auto")
     ids = prompt_ids(262, model.args.vocab_size, seed=7)
     runs = {}
-    for composed in (True, False):
-        model.composed = composed
+    for cpu in (True, False):
+        model.use_ops(make_ops(model.args, cpu=cpu))
+        assert {type(m.ops) for _, m in model.named_modules() if "ops" in vars(m)} == {
+            type(model.ops)
+        }
         cache = model.make_cache()
         outs = [model(ids[:, :200], all_logits=True), model(ids[:, :180], cache)]
         outs.append(model(ids[:, 180:250], cache, all_logits=True))
         outs += [model(ids[:, i : i + 1], cache) for i in range(250, 262)]  # crosses 256
-        runs[composed] = outs
-    model.composed = None
+        runs[cpu] = outs
     for ours, fused in zip(runs[True], runs[False], strict=True):
         assert max_abs(ours.logits, fused.logits) < FLOAT32_TOL
         assert ours.scores.shape == fused.scores.shape and max_abs(ours.scores, fused.scores) < 1e-5
+
+
+def test_the_backend_picks_the_ops_once_when_the_model_is_built(checkpoints) -> None:
+    model, _, _ = load(checkpoints["f32-untied"])
+    on_cpu = mx.default_device() == mx.cpu
+    assert type(model.ops) is (CpuOps if on_cpu else FusedOps)
+    assert all(layer.self_attn.ops is model.ops for layer in model.layers)
+    assert model.model.norm.ops is model.ops
 
 
 @pytest.fixture(scope="module")
@@ -229,17 +240,17 @@ def test_tiny_config_exercises_all_three_llama3_bands() -> None:
 def test_model_rotates_queries_by_position_times_scaled_frequency(f32_model, path: str) -> None:
     """The attention's RoPE past the original context equals rotate-half in float64, both the
     prompt's kernel and the one-token decode's matrices (keys; queries also carry 1/√D)."""
-    attn = f32_model.layers[0].self_attn
-    D = attn.head_dim
+    ops = make_ops(f32_model.args, cpu=True)  # it has both: mx.fast.rope and the matrices
+    D = ops.head_dim
     inv_freq = meta_llama3_inv_freq(100.0, D, TINY)
     offset, L = 200, 5 if path == "mx.fast.rope" else 1
     x = np.random.default_rng(6).standard_normal((1, 2, L, D)).astype(np.float32)  # (B, H, L, D)
     if path == "mx.fast.rope":
-        ours = np.array(attn.rope(mx.array(x), offset))
+        ours = np.array(ops.rope(mx.array(x), offset))
     else:
-        rot_q, rot_k = f32_model._rotations(offset, mx.float32)
+        rot_q, rot_k = ops.rotations(offset, mx.float32)
         ours = np.array(mx.array(x) @ rot_k)
-        np.testing.assert_allclose(np.array(rot_q), np.array(rot_k) * attn.scale, rtol=1e-6)
+        np.testing.assert_allclose(np.array(rot_q), np.array(rot_k) * ops.scale, rtol=1e-6)
     angles = (offset + np.arange(L))[:, None] * inv_freq[None, :]  # (L, D/2)
     cos, sin = np.cos(angles), np.sin(angles)
     x1, x2 = x[..., : D // 2].astype(np.float64), x[..., D // 2 :].astype(np.float64)

@@ -11,8 +11,9 @@ import mlx.core as mx
 import mlx.nn as nn
 import numpy as np
 
-from . import ops as cpu_ops
+from .backend import on_cpu
 from .cache import KVCache
+from .ops import CpuOps, FusedOps
 
 
 @dataclass
@@ -112,133 +113,110 @@ def rope_frequencies(args: ModelArgs) -> mx.array:
     return mx.array(periods.astype(np.float32))
 
 
+def make_ops(args: ModelArgs, cpu: bool | None = None) -> FusedOps:
+    """The model's attention/norm/MLP implementation: composed on the CPU, `mx.fast` elsewhere.
+
+    `cpu` None asks the backend (`on_cpu()`), once, when the model is built.
+    """
+    cls = CpuOps if (on_cpu() if cpu is None else cpu) else FusedOps
+    return cls(
+        args.num_attention_heads, args.num_key_value_heads, args.head_dim, rope_frequencies(args)
+    )
+
+
 class Attention(nn.Module):
-    def __init__(self, args: ModelArgs):
+    def __init__(self, args: ModelArgs, ops: FusedOps):
         super().__init__()
         self.n_heads = args.num_attention_heads
         self.n_kv_heads = args.num_key_value_heads
         self.head_dim = args.head_dim
-        self.scale = args.head_dim**-0.5
         dim, hd = args.hidden_size, args.head_dim
         self.q_proj = nn.Linear(dim, self.n_heads * hd, bias=args.attention_bias)
         self.k_proj = nn.Linear(dim, self.n_kv_heads * hd, bias=args.attention_bias)
         self.v_proj = nn.Linear(dim, self.n_kv_heads * hd, bias=args.attention_bias)
         self.o_proj = nn.Linear(self.n_heads * hd, dim, bias=args.attention_bias)
-        self._freqs = rope_frequencies(args)
-
-    def rope(self, x: mx.array, offset: int) -> mx.array:
-        return mx.fast.rope(
-            x,
-            self.head_dim,
-            traditional=False,
-            base=None,
-            scale=1.0,
-            offset=offset,
-            freqs=self._freqs,
-        )
+        self.ops = ops
 
     def __call__(
-        self, x: mx.array, mask: Any = None, cache: KVCache | None = None, composed: bool = False
+        self, x: mx.array, mask: Any = None, cache: KVCache | None = None
     ) -> tuple[mx.array, mx.array]:
-        """Returns the layer output and the newest query's scaled scores q·k/√D (B, H, T)."""
-        B, L, _ = x.shape
-        H, Hkv, D = self.n_heads, self.n_kv_heads, self.head_dim
-        q = self.q_proj(x).reshape(B, L, H, D).transpose(0, 2, 1, 3)  # (B, H, L, D)
-        k = self.k_proj(x).reshape(B, L, Hkv, D).transpose(0, 2, 1, 3)  # (B, Hkv, L, D)
-        v = self.v_proj(x).reshape(B, L, Hkv, D).transpose(0, 2, 1, 3)  # (B, Hkv, L, D)
-        offset = cache.offset if cache is not None else 0
-        q, k = self.rope(q, offset), self.rope(k, offset)
-        if cache is not None:
-            k, v = cache.update_and_fetch(k, v)  # (B, Hkv, T, D), valid positions only
-        T = k.shape[2]
-
-        # The newest query's scores over the valid keys; GQA groups query heads per kv head.
-        q_last = q if L == 1 else q[:, :, -1:, :]
-        q_last = q_last.reshape(B, Hkv, H // Hkv, D) * self.scale  # (B, Hkv, G, D)
-        scores = (q_last @ k.swapaxes(-1, -2)).reshape(B, H, T)  # (B, H, T)
-        if composed:
-            out = cpu_ops.attention(q, k, v, self.scale, causal=mask is not None)
-        else:
-            out = mx.fast.scaled_dot_product_attention(q, k, v, scale=self.scale, mask=mask)
-        out = out.transpose(0, 2, 1, 3).reshape(B, L, H * D)  # (B, L, H·D)
+        """The layer output and the newest query's scaled scores q·k/√D (B, H, T)."""
+        out, scores = self.ops.attention(
+            self.q_proj(x), self.k_proj(x), self.v_proj(x), mask, cache
+        )
         return self.o_proj(out), scores
-
-    def decode(
-        self, x: mx.array, cache: KVCache, rot_q: mx.array, rot_k: mx.array
-    ) -> tuple[mx.array, mx.array]:
-        """One new token (x is (B, 1, dim)), RoPE given as rotation matrices: see `Model.decode`."""
-        B = x.shape[0]
-        H, Hkv, D = self.n_heads, self.n_kv_heads, self.head_dim
-        q = self.q_proj(x).reshape(B, Hkv, H // Hkv, D) @ rot_q  # rotated, and scaled by 1/√D
-        k = self.k_proj(x).reshape(B, Hkv, 1, D) @ rot_k
-        k, v = cache.update_and_fetch(k, self.v_proj(x).reshape(B, Hkv, 1, D))
-        scores = q @ k.swapaxes(-1, -2)  # (B, Hkv, G, T): what the metrics read, and the attention
-        out = cpu_ops.softmax(scores) @ v  # (B, Hkv, G, D)
-        return self.o_proj(out.reshape(B, 1, H * D)), scores.reshape(B, H, -1)
 
 
 class MLP(nn.Module):
-    def __init__(self, args: ModelArgs):
+    def __init__(self, args: ModelArgs, ops: FusedOps):
         super().__init__()
         dim, hidden = args.hidden_size, args.intermediate_size
         self.gate_proj = nn.Linear(dim, hidden, bias=args.mlp_bias)
         self.up_proj = nn.Linear(dim, hidden, bias=args.mlp_bias)
         self.down_proj = nn.Linear(hidden, dim, bias=args.mlp_bias)
+        self.ops = ops
 
-    def __call__(self, x: mx.array, composed: bool = False) -> mx.array:
-        gate, up = self.gate_proj(x), self.up_proj(x)
-        return self.down_proj(cpu_ops.swiglu(gate, up) if composed else nn.silu(gate) * up)
+    def __call__(self, x: mx.array) -> mx.array:
+        return self.down_proj(self.ops.swiglu(self.gate_proj(x), self.up_proj(x)))
+
+
+class RMSNorm(nn.Module):
+    def __init__(self, dims: int, eps: float, ops: FusedOps):
+        super().__init__()
+        self.weight = mx.ones((dims,))
+        self.eps = eps
+        self.ops = ops
+
+    def __call__(self, x: mx.array) -> mx.array:
+        return self.ops.rms_norm(x, self.weight, self.eps)
 
 
 class TransformerBlock(nn.Module):
-    def __init__(self, args: ModelArgs):
+    def __init__(self, args: ModelArgs, ops: FusedOps):
         super().__init__()
-        self.self_attn = Attention(args)
-        self.mlp = MLP(args)
-        self.input_layernorm = nn.RMSNorm(args.hidden_size, eps=args.rms_norm_eps)
-        self.post_attention_layernorm = nn.RMSNorm(args.hidden_size, eps=args.rms_norm_eps)
+        self.self_attn = Attention(args, ops)
+        self.mlp = MLP(args, ops)
+        self.input_layernorm = RMSNorm(args.hidden_size, args.rms_norm_eps, ops)
+        self.post_attention_layernorm = RMSNorm(args.hidden_size, args.rms_norm_eps, ops)
 
     def __call__(
-        self, x: mx.array, mask: Any = None, cache: KVCache | None = None, composed: bool = False
+        self, x: mx.array, mask: Any = None, cache: KVCache | None = None
     ) -> tuple[mx.array, mx.array]:
-        r, scores = self.self_attn(_norm(self.input_layernorm, x, composed), mask, cache, composed)
+        r, scores = self.self_attn(self.input_layernorm(x), mask, cache)
         h = x + r
-        out = h + self.mlp(_norm(self.post_attention_layernorm, h, composed), composed)
+        out = h + self.mlp(self.post_attention_layernorm(h))
         return out, scores
-
-    def decode(
-        self, x: mx.array, cache: KVCache, rot_q: mx.array, rot_k: mx.array
-    ) -> tuple[mx.array, mx.array]:
-        normed = _norm(self.input_layernorm, x, composed=True)
-        r, scores = self.self_attn.decode(normed, cache, rot_q, rot_k)
-        h = x + r
-        out = h + self.mlp(_norm(self.post_attention_layernorm, h, composed=True), composed=True)
-        return out, scores
-
-
-def _norm(norm: nn.RMSNorm, x: mx.array, composed: bool) -> mx.array:
-    return cpu_ops.rms_norm(x, norm.weight, norm.eps) if composed else norm(x)
 
 
 class LlamaModel(nn.Module):
-    def __init__(self, args: ModelArgs):
+    def __init__(self, args: ModelArgs, ops: FusedOps):
         super().__init__()
         self.embed_tokens = nn.Embedding(args.vocab_size, args.hidden_size)
-        self.layers = [TransformerBlock(args) for _ in range(args.num_hidden_layers)]
-        self.norm = nn.RMSNorm(args.hidden_size, eps=args.rms_norm_eps)
+        self.layers = [TransformerBlock(args, ops) for _ in range(args.num_hidden_layers)]
+        self.norm = RMSNorm(args.hidden_size, args.rms_norm_eps, ops)
 
 
 class Model(nn.Module):
-    """Llama 3.x causal LM. `model(ids, cache)` → `ModelOutput(logits, scores)`."""
+    """Llama 3.x causal LM. `model(ids, cache)` → `ModelOutput(logits, scores)`.
 
-    def __init__(self, args: ModelArgs):
+    `ops` (by default `make_ops(args)`: decided by the device when the model is built) runs the
+    attention core, the norms and SwiGLU; `use_ops` swaps it, e.g. to compare the two.
+    """
+
+    def __init__(self, args: ModelArgs, ops: FusedOps | None = None):
         super().__init__()
         self.args = args
-        self.model = LlamaModel(args)
+        self.ops = ops or make_ops(args)
+        self.model = LlamaModel(args, self.ops)
         if not args.tie_word_embeddings:
             self.lm_head = nn.Linear(args.hidden_size, args.vocab_size, bias=False)
-        # Whether to run `cpu_ops` and `decode` instead of `mx.fast`'s kernels; None: on the CPU.
-        self.composed: bool | None = None
+
+    def use_ops(self, ops: FusedOps) -> None:
+        """Run every layer with `ops` from now on (the weights are untouched)."""
+        self.ops = ops
+        for _, module in self.named_modules():
+            if "ops" in vars(module):
+                module.ops = ops
 
     def __call__(
         self, inputs: mx.array, cache: list[KVCache] | None = None, all_logits: bool = False
@@ -248,47 +226,16 @@ class Model(nn.Module):
         Only the last position's logits are computed unless `all_logits` (the head is ~20 % of a
         small model's prefill FLOPs).
         """
-        composed = mx.default_device() == mx.cpu if self.composed is None else self.composed
-        if composed and cache is not None and inputs.shape[1] == 1 and not all_logits:
-            return self.decode(inputs, cache)
         h = self.model.embed_tokens(inputs)  # (B, L, dim)
         mask = "causal" if inputs.shape[1] > 1 else None
         layer_caches = cache if cache is not None else [None] * len(self.model.layers)
         rows = []
         for layer, c in zip(self.model.layers, layer_caches):
-            h, scores = layer(h, mask, c, composed)
+            h, scores = layer(h, mask, c)
             rows.append(scores)
         if not all_logits:
             h = h[:, -1, :] if h.shape[1] > 1 else h.reshape(h.shape[0], -1)  # (B, dim)
         return self._output(h, rows)
-
-    def decode(self, inputs: mx.array, cache: list[KVCache]) -> ModelOutput:
-        """One new token per sequence, the same numbers as `__call__` in fewer MLX operations.
-
-        On the CPU `mx.fast.rope` runs as a fallback of ~15 small operations, and every operation
-        costs ~10 µs whatever its size (see `cpu_ops`). Here RoPE at this position is one (D, D)
-        rotation matrix for all layers (the softmax scale folded into the queries'), and attention
-        is softmax(q·kᵀ)·v from the very scores the metrics need.
-        """
-        h = self.model.embed_tokens(inputs)  # (B, 1, dim)
-        rot_q, rot_k = self._rotations(cache[0].offset, h.dtype)
-        rows = []
-        for layer, c in zip(self.model.layers, cache):
-            h, scores = layer.decode(h, c, rot_q, rot_k)
-            rows.append(scores)
-        return self._output(h.reshape(h.shape[0], -1), rows)
-
-    def _rotations(self, position: int, dtype: mx.Dtype) -> tuple[mx.array, mx.array]:
-        """RoPE at `position` as `x @ R` for queries (times 1/√D) and keys; angles in float64."""
-        attn = self.model.layers[0].self_attn
-        angles = position / np.asarray(attn._freqs, dtype=np.float64)  # the periods rope uses
-        cos, sin = np.cos(angles), np.sin(angles)
-        n = len(angles)
-        i = np.arange(n)
-        rot = np.zeros((2 * n, 2 * n))
-        rot[i, i] = rot[i + n, i + n] = cos  # x @ rot = [x₁·cos − x₂·sin, x₂·cos + x₁·sin]
-        rot[i + n, i], rot[i, i + n] = -sin, sin
-        return mx.array(rot * attn.scale, dtype=dtype), mx.array(rot, dtype=dtype)
 
     def _output(self, h: mx.array, rows: list[mx.array]) -> ModelOutput:
         h = self.model.norm(h)

@@ -1,4 +1,10 @@
-"""Attention, RMSNorm and SwiGLU composed for MLX's CPU backend, where its own are slow.
+"""Attention, RMSNorm and SwiGLU for the model: `mx.fast`'s kernels, or composed for MLX's CPU.
+
+The model takes one ops object, chosen once at construction (`make_ops` in llama.py): `FusedOps`
+on Metal/CUDA, `CpuOps` on the CPU. Layers call `ops.attention/rms_norm/swiglu` and never ask
+which one they have.
+
+Why the CPU needs its own:
 
 Measured on a 2-core x86 CPU (MLX 0.32): `mx.exp`, `mx.sigmoid` and `mx.softmax` cost 25-40 ns per
 element (NumPy's: ~1 ns), so a 500-token prefill spent half its time in the attention softmax
@@ -7,12 +13,16 @@ small operations, and every operation costs ~10 µs however small. `mx.compile` 
 elementwise parts below into one generated kernel each, and `exp` is computed by the classic
 range reduction + polynomial (Cephes' `expf`): 1e-7 relative error against MLX's own 4e-6, at a
 third of the time. The Metal and CUDA backends have fused kernels for all of this: they do not
-come here (see `Model.composed`).
+come here.
 """
 
 from __future__ import annotations
 
+from typing import Any
+
 import mlx.core as mx
+import mlx.nn as nn
+import numpy as np
 
 # Cephes' minimax coefficients of (e**r - 1 - r) / r**2 on |r| ≤ ln 2 / 2, highest degree first.
 _EXP_POLY = (
@@ -87,3 +97,116 @@ def attention(q: mx.array, k: mx.array, v: mx.array, scale: float, causal: bool)
         visible = mx.arange(T)[None] <= mx.arange(T - L, T)[:, None]  # (L, T)
         scores = mx.where(visible, scores.reshape(B, Hkv, -1, L, T), -mx.inf).reshape(B, Hkv, -1, T)
     return (softmax(scores) @ v).reshape(B, H, L, D)
+
+
+class FusedOps:
+    """The attention core, RMSNorm and SwiGLU on `mx.fast`'s fused kernels (Metal, CUDA).
+
+    `attention` takes the projections and returns the layer's attention output with the newest
+    query's scaled scores over the valid keys, which the metrics read.
+    """
+
+    def __init__(self, n_heads: int, n_kv_heads: int, head_dim: int, periods: mx.array):
+        self.n_heads, self.n_kv_heads, self.head_dim = n_heads, n_kv_heads, head_dim
+        self.scale = head_dim**-0.5
+        self.periods = periods  # (D/2,) RoPE periods (1 / inv_freq), Llama 3 scaling applied
+
+    def rms_norm(self, x: mx.array, weight: mx.array, eps: float) -> mx.array:
+        return mx.fast.rms_norm(x, weight, eps)
+
+    def swiglu(self, gate: mx.array, up: mx.array) -> mx.array:
+        return nn.silu(gate) * up
+
+    def rope(self, x: mx.array, offset: int) -> mx.array:
+        """Non-traditional RoPE of (B, H, L, D) `x` at positions offset, offset + 1, ..."""
+        return mx.fast.rope(
+            x,
+            self.head_dim,
+            traditional=False,
+            base=None,
+            scale=1.0,
+            offset=offset,
+            freqs=self.periods,
+        )
+
+    def attention(
+        self, q: mx.array, k: mx.array, v: mx.array, mask: Any, cache: Any
+    ) -> tuple[mx.array, mx.array]:
+        """From (B, L, ·) projections: the (B, L, H·D) output, the newest query's (B, H, T) scores."""
+        B, L, _ = q.shape
+        H, Hkv, D = self.n_heads, self.n_kv_heads, self.head_dim
+        q = q.reshape(B, L, H, D).transpose(0, 2, 1, 3)  # (B, H, L, D)
+        k = k.reshape(B, L, Hkv, D).transpose(0, 2, 1, 3)  # (B, Hkv, L, D)
+        v = v.reshape(B, L, Hkv, D).transpose(0, 2, 1, 3)  # (B, Hkv, L, D)
+        offset = cache.offset if cache is not None else 0
+        q, k = self.rope(q, offset), self.rope(k, offset)
+        if cache is not None:
+            k, v = cache.update_and_fetch(k, v)  # (B, Hkv, T, D), valid positions only
+        T = k.shape[2]
+        # The newest query's scores over the valid keys; GQA groups query heads per kv head.
+        q_last = q if L == 1 else q[:, :, -1:, :]
+        q_last = q_last.reshape(B, Hkv, H // Hkv, D) * self.scale  # (B, Hkv, G, D)
+        scores = (q_last @ k.swapaxes(-1, -2)).reshape(B, H, T)  # (B, H, T)
+        out = self.attend(q, k, v, mask)  # (B, H, L, D)
+        return out.transpose(0, 2, 1, 3).reshape(B, L, H * D), scores
+
+    def attend(self, q: mx.array, k: mx.array, v: mx.array, mask: Any) -> mx.array:
+        return mx.fast.scaled_dot_product_attention(q, k, v, scale=self.scale, mask=mask)
+
+
+class CpuOps(FusedOps):
+    """The composed kernels above, and a one-token decode in few MLX operations.
+
+    On the CPU `mx.fast.rope` runs as a fallback of ~15 small operations, and every operation
+    costs ~10 µs whatever its size. A one-token step therefore rotates with one (D, D) matrix per
+    position, built once per step and shared by all layers (the softmax scale folded into the
+    queries'), and its attention is softmax(q·kᵀ)·v from the very scores the metrics need.
+    """
+
+    def __init__(self, n_heads: int, n_kv_heads: int, head_dim: int, periods: mx.array):
+        super().__init__(n_heads, n_kv_heads, head_dim, periods)
+        self._periods64 = np.asarray(periods, dtype=np.float64)
+        self._rotation: tuple[Any, tuple[mx.array, mx.array]] | None = None  # (key, matrices)
+
+    def rms_norm(self, x: mx.array, weight: mx.array, eps: float) -> mx.array:
+        return rms_norm(x, weight, eps)
+
+    def swiglu(self, gate: mx.array, up: mx.array) -> mx.array:
+        return swiglu(gate, up)
+
+    def attend(self, q: mx.array, k: mx.array, v: mx.array, mask: Any) -> mx.array:
+        return attention(q, k, v, self.scale, causal=mask is not None)
+
+    def attention(
+        self, q: mx.array, k: mx.array, v: mx.array, mask: Any, cache: Any
+    ) -> tuple[mx.array, mx.array]:
+        B, L, _ = q.shape
+        if cache is None or L != 1:
+            return super().attention(q, k, v, mask, cache)
+        H, Hkv, D = self.n_heads, self.n_kv_heads, self.head_dim
+        rot_q, rot_k = self.rotations(cache.offset, q.dtype)
+        q = q.reshape(B, Hkv, H // Hkv, D) @ rot_q  # rotated, and scaled by 1/√D
+        k = k.reshape(B, Hkv, 1, D) @ rot_k
+        k, v = cache.update_and_fetch(k, v.reshape(B, Hkv, 1, D))  # (B, Hkv, T, D)
+        scores = q @ k.swapaxes(-1, -2)  # (B, Hkv, G, T): what the metrics read, and the attention
+        out = softmax(scores) @ v  # (B, Hkv, G, D)
+        return out.reshape(B, 1, H * D), scores.reshape(B, H, -1)
+
+    def rotations(self, position: int, dtype: mx.Dtype) -> tuple[mx.array, mx.array]:
+        """RoPE at `position` as `x @ R` for queries (times 1/√D) and keys; angles in float64.
+
+        Every layer asks for the same position in a step: the matrices are built for the first
+        and reused (one entry, so nothing accumulates).
+        """
+        key = (position, dtype)
+        if self._rotation is None or self._rotation[0] != key:
+            angles = position / self._periods64
+            cos, sin = np.cos(angles), np.sin(angles)
+            n = len(angles)
+            i = np.arange(n)
+            rot = np.zeros((2 * n, 2 * n))
+            rot[i, i] = rot[i + n, i + n] = cos  # x @ rot = [x₁·cos − x₂·sin, x₂·cos + x₁·sin]
+            rot[i + n, i], rot[i, i + n] = -sin, sin
+            matrices = mx.array(rot * self.scale, dtype=dtype), mx.array(rot, dtype=dtype)
+            self._rotation = (key, matrices)
+        return self._rotation[1]
