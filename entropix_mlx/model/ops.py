@@ -132,7 +132,7 @@ class FusedOps:
     def attention(
         self, q: mx.array, k: mx.array, v: mx.array, mask: Any, cache: Any
     ) -> tuple[mx.array, mx.array]:
-        """From (B, L, ·) projections: the (B, L, H·D) output, the newest query's (B, H, T) scores."""
+        """Projections (B, L, ·) in; output (B, L, H·D) and the newest scores (B, H, T) out."""
         B, L, _ = q.shape
         H, Hkv, D = self.n_heads, self.n_kv_heads, self.head_dim
         q = q.reshape(B, L, H, D).transpose(0, 2, 1, 3)  # (B, H, L, D)
