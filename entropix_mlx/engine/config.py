@@ -17,7 +17,8 @@ from typing import Any
 
 from ..errors import EntropixError
 
-SAMPLERS = ("entropix", "greedy", "sample")
+SAMPLERS = ("entropix", "greedy", "sample", "minp", "edt", "dynatemp", "dslider")
+RIVALS = SAMPLERS[3:]  # the other adaptive samplers the lab compares Entropix with (docs/samplers.md)
 # The §2 quadrants, least to most uncertain: the one order every table, bar and legend uses.
 QUADRANTS = ("LELV", "MID", "LEHV", "HELV", "HEHV")
 ATTENTION_LAYERS = ("all", "last")  # whose attention the metrics read: every layer or the final one
@@ -113,6 +114,28 @@ class SamplerConfig:
     clarify_text: str = " ..."
     clarify_max: int = _num(1, 0)
     attention_layers: str = "all"
+    # Rival samplers (docs/samplers.md); each reads only its own fields.
+    # minp (Nguyen et al. 2024): drop p < min_p·p_max at T = 1, then sample at T.
+    minp_temperature: float = _num(1.0, 0.0)
+    minp_min_p: float = _num(0.1, 0.0, 1.0)
+    # edt (Zhang et al. 2024): T = T0·N^(θ/H), H the entropy in nats; N ≤ 1 keeps T ≤ T0.
+    edt_temperature: float = _num(1.0, 0.0)
+    edt_base: float = _num(0.8, 0.0, 1.0, open_lo=True)
+    edt_theta: float = _num(1.0, 0.0)
+    # dynatemp (llama.cpp temp-ext): top-k, top-p, min-p at T = 1, then over the N tokens left
+    # T = lo + (hi − lo)·(H / ln N)^exponent, lo = max(0, T0 − range), hi = T0 + range (H in nats).
+    dynatemp_temperature: float = _num(0.8, 0.0)
+    dynatemp_range: float = _num(0.5, 0.0)
+    dynatemp_exponent: float = _num(1.0, 0.0)
+    dynatemp_top_k: int = _num(40, 0)
+    dynatemp_top_p: float = _num(0.95, 0.0, 1.0, open_lo=True)
+    dynatemp_min_p: float = _num(0.05, 0.0, 1.0)
+    # dslider (ENTROPIX.md §6; nats): the outlier test's bias (< 0 lets inliers through), the
+    # inliers' top-k, and the biases of the argmax and Dirichlet thresholds.
+    dslider_outlier_bias: float = _num(0.0)
+    dslider_outlier_topk: int = _num(6, 1)
+    dslider_argmax_bias: float = _num(1.2)
+    dslider_dirichlet_bias: float = _num(1.2)
     profile: str = "reference"
 
     def __post_init__(self) -> None:

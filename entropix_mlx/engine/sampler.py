@@ -8,12 +8,14 @@ from __future__ import annotations
 
 import math
 from collections.abc import Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Protocol
 
 import mlx.core as mx
+import numpy as np
 
 from ..tokenize.tokenizer import Tokenizer
+from . import dslider
 from .config import INF, SamplerConfig, check_range, check_sampler
 from .metrics import Metrics
 
@@ -183,7 +185,7 @@ class Decision:
     token: mx.array | None  # lazy int32 scalar; None when `inserted` is non-empty
     inserted: tuple[int, ...]  # clarify-text ids to insert instead of sampling
     quadrant: str  # LELV HELV LEHV HEHV MID, from the metrics whatever the sampler
-    strategy: str  # argmax clarify explore resample adaptive | greedy | sample
+    strategy: str  # argmax clarify explore resample adaptive | greedy sample minp edt dynatemp | ds-…
     params: SamplingParams  # what was used; for an insertion, what clarify samples with next
 
 
@@ -244,6 +246,150 @@ class PlainSampler:
         return Decision(token, (), quadrant, self.name, self.params)
 
 
+def sample_truncated(logits: mx.array, params: SamplingParams, key: mx.array) -> mx.array:
+    """Top-k, top-p and min-p on the temperature-1 distribution, then one draw at `temperature`.
+
+    The order of min-p sampling and of llama.cpp's chain: truncation does not depend on T.
+    """
+    if params.temperature == 0.0:
+        return mx.argmax(logits, axis=-1).astype(mx.int32)
+    logprobs, ids = candidates(logits, replace(params, temperature=1.0))
+    return _draw(logprobs / params.temperature, ids, key)
+
+
+def edt_temperature(entropy_bits: float, cfg: SamplerConfig) -> float:
+    """EDT: T = T0·N^(θ/H) with H in nats; at H = 0 that is N^∞: 0 (argmax) when N < 1."""
+    h = entropy_bits * math.log(2.0)
+    if cfg.edt_theta == 0.0 or cfg.edt_base == 1.0:
+        return cfg.edt_temperature
+    if h <= 0.0:
+        return 0.0
+    return cfg.edt_temperature * cfg.edt_base ** (cfg.edt_theta / h)
+
+
+def dynatemp_temperature(logprobs: np.ndarray, cfg: SamplerConfig) -> float:
+    """llama.cpp's temp-ext over the candidates left (log-probs up to a constant, −inf dropped)."""
+    T0, delta = cfg.dynatemp_temperature, cfg.dynatemp_range
+    x = logprobs[np.isfinite(logprobs)].astype(np.float64)
+    if delta <= 0 or x.size <= 1:
+        return T0
+    lo, hi = max(0.0, T0 - delta), T0 + delta
+    p = np.exp(x - x.max())
+    p /= p.sum()
+    nz = p[p > 0]
+    entropy = float(-np.sum(nz * np.log(nz)))
+    return lo + (hi - lo) * (entropy / math.log(x.size)) ** cfg.dynatemp_exponent
+
+
+@dataclass(frozen=True, eq=False)
+class MinPSampler:
+    """Min-p sampling (Nguyen et al. 2024): keep p ≥ min_p·p_max, then sample at T."""
+
+    config: SamplerConfig
+    name: str = field(default="minp", init=False)
+
+    def __call__(
+        self, logits: mx.array, metrics: Metrics, key: mx.array, *, clarify_left: int
+    ) -> Decision:
+        params = SamplingParams(self.config.minp_temperature, 0, 1.0, self.config.minp_min_p)
+        token = sample_truncated(_as_vector(logits), params, key)
+        quadrant, _ = classify(metrics.entropy, metrics.varentropy, self.config)
+        return Decision(token, (), quadrant, self.name, params)
+
+
+@dataclass(frozen=True, eq=False)
+class EDTSampler:
+    """Entropy-based dynamic temperature (Zhang et al. 2024): T = T0·N^(θ/H), no filters."""
+
+    config: SamplerConfig
+    name: str = field(default="edt", init=False)
+
+    def __call__(
+        self, logits: mx.array, metrics: Metrics, key: mx.array, *, clarify_left: int
+    ) -> Decision:
+        params = SamplingParams(edt_temperature(metrics.entropy, self.config), 0, 1.0, 0.0)
+        token = sample(_as_vector(logits), params, key)
+        quadrant, _ = classify(metrics.entropy, metrics.varentropy, self.config)
+        return Decision(token, (), quadrant, self.name, params)
+
+
+@dataclass(frozen=True, eq=False)
+class DynaTempSampler:
+    """llama.cpp's chain top-k → top-p → min-p → temp-ext → draw ("dynatemp").
+
+    The temperature depends on the candidates left, so they come to the host once per step.
+    """
+
+    config: SamplerConfig
+    name: str = field(default="dynatemp", init=False)
+
+    def __call__(
+        self, logits: mx.array, metrics: Metrics, key: mx.array, *, clarify_left: int
+    ) -> Decision:
+        cfg = self.config
+        truncate = SamplingParams(1.0, cfg.dynatemp_top_k, cfg.dynatemp_top_p, cfg.dynatemp_min_p)
+        logprobs, ids = candidates(_as_vector(logits), truncate)
+        T = dynatemp_temperature(np.array(logprobs), cfg)
+        params = replace(truncate, temperature=T)
+        if T == 0.0:
+            token = _draw(mx.where(logprobs < mx.max(logprobs), -INF, 0.0), ids, key)  # the top
+        else:
+            token = _draw(logprobs / T, ids, key)
+        quadrant, _ = classify(metrics.entropy, metrics.varentropy, cfg)
+        return Decision(token, (), quadrant, self.name, params)
+
+
+def dslider_config(config: SamplerConfig) -> dslider.DSliderConfig:
+    """The reference's constants with this config's dslider fields."""
+    return dslider.DSliderConfig(
+        outlier_bias=config.dslider_outlier_bias,
+        outlier_topk=config.dslider_outlier_topk,
+        argmax_bias=config.dslider_argmax_bias,
+        dirichlet_bias=config.dslider_dirichlet_bias,
+    )
+
+
+class DSliderSampler:
+    """The reference's adaptive Dirichlet sampler with its wrapper (ENTROPIX.md §6, dslider.py).
+
+    Holds one response's state: make one per response (`generate` does). Strategies: the
+    step's branch (`ds-argmax`, `ds-topk`, `ds-dirichlet`, `ds-ood`), `ds-resample` when the
+    wrapper's HEHV re-ran the step without the first choice, `clarify` for an insertion.
+    """
+
+    name = "dslider"
+
+    def __init__(self, config: SamplerConfig, clarify_ids: tuple[int, ...] = ()) -> None:
+        self.config = config
+        self.clarify_ids = clarify_ids
+        self.ds = dslider_config(config)
+        self.state: dslider.DSState | None = None
+
+    def __call__(
+        self, logits: mx.array, metrics: Metrics, key: mx.array, *, clarify_left: int
+    ) -> Decision:
+        x = np.array(_as_vector(logits).astype(mx.float32), dtype=np.float64)
+        # The key's two words seed this step's NumPy stream: every draw reproducible per key.
+        rng = np.random.default_rng(np.array(key, dtype=np.uint32).tolist())
+        if self.state is None:
+            self.state = dslider.init_state(x, self.ds)
+        state, result = dslider.step(self.state, x, self.ds, rng)
+        quadrant, _ = classify(metrics.entropy, metrics.varentropy, self.config)
+        case = dslider.wrapper_case(result.naked_ent, result.naked_varent, self.ds)
+        strategy = result.branch
+        if case == "HELV" and clarify_left > 0 and self.clarify_ids:
+            params = SamplingParams(result.temperature, 0, 1.0, 0.0)
+            return Decision(None, self.clarify_ids, quadrant, "clarify", params)
+        if case == "HEHV":  # resample: the same step again, the first choice masked
+            x[result.token] = -INF
+            state, result = dslider.step(self.state, x, self.ds, rng)
+            strategy = "ds-resample"
+        self.state = state
+        top_k = self.ds.outlier_topk if result.branch in ("ds-argmax", "ds-topk") else 0
+        params = SamplingParams(float(result.temperature), top_k, 1.0, 0.0)
+        return Decision(mx.array(result.token, dtype=mx.int32), (), quadrant, strategy, params)
+
+
 def make_sampler(
     name: str,
     config: SamplerConfig | None = None,
@@ -252,7 +398,8 @@ def make_sampler(
     clarify_ids: Sequence[int] = (),
     params: SamplingParams | None = None,
 ) -> Sampler:
-    """`entropix`, `greedy` or `sample` (with `params`, by default the config's T0/k0/p0/m0).
+    """`entropix`, `greedy`, `sample` (with `params`, by default the config's T0/k0/p0/m0), or a
+    rival: `minp`, `edt`, `dynatemp`, `dslider` (a new object per response: it keeps state).
 
     Clarify inserts `config.clarify_text` as token ids: give them (`clarify_ids`) or the model's
     `tokenizer` to encode it; with neither, clarify never inserts.
@@ -261,11 +408,19 @@ def make_sampler(
     config = config or SamplerConfig()
     if tokenizer is not None and not clarify_ids and config.clarify_text:
         clarify_ids = tokenizer.encode(config.clarify_text)
+    ids = tuple(clarify_ids)
+    if any(isinstance(i, bool) or not isinstance(i, int) or i < 0 for i in ids):
+        raise ValueError(f"clarify_ids={ids!r} must be token ids (integers ≥ 0)")
     if name == "entropix":
-        ids = tuple(clarify_ids)
-        if any(isinstance(i, bool) or not isinstance(i, int) or i < 0 for i in ids):
-            raise ValueError(f"clarify_ids={ids!r} must be token ids (integers ≥ 0)")
         return EntropixSampler(config, ids)
     if name == "greedy":
         return PlainSampler(config, ARGMAX, name="greedy")
+    if name == "minp":
+        return MinPSampler(config)
+    if name == "edt":
+        return EDTSampler(config)
+    if name == "dynatemp":
+        return DynaTempSampler(config)
+    if name == "dslider":
+        return DSliderSampler(config, ids)
     return PlainSampler(config, SamplingParams.from_config(config) if params is None else params)
