@@ -19,7 +19,10 @@ defect fixed or a consequence of our interface; docs/samplers.md has the reasoni
 5. State starts from the first generated step's logits (our samplers see one step), not the
    mean over the prompt's positions; every draw uses its own random stream (the reference
    reused one key for all draws of a step, and the same key every step).
-6. `fit_dirichlet` solves the same equations ψ(αᵢ) − ψ(Σα) = tᵢ to 1e-10 with a safeguarded
+6. Halley's second derivative of the entropy in T is −(μ₃ + 3μ₂)/T² (the reference: 2μ₃).
+7. The wrapper's resample keeps the first choice out of every branch (in the reference the
+   noise floor turns its −inf into ln ε and the outlier temperature can bring it back).
+8. `fit_dirichlet` solves the same equations ψ(αᵢ) − ψ(Σα) = tᵢ to 1e-10 with a safeguarded
    Newton iteration on log Σα (Minka's fixed point, inverse digamma per token) instead of
    140 decaying-rate Halley steps; Σα is capped at 1e6 where the targets admit no finite fit
    (Σ e^t ≥ 1). Float64 throughout (the reference kept state and α in bfloat16).
@@ -122,7 +125,9 @@ class DSStep:
 def digamma(x: np.ndarray) -> np.ndarray:
     """ψ(x): recurrence to x + 6, then the asymptotic series (error < 1e-13 there)."""
     x = np.asarray(x, dtype=np.float64)
-    acc = -sum(1.0 / (x + k) for k in range(6))
+    acc = -1.0 / x
+    for k in range(1, 6):
+        acc -= 1.0 / (x + k)
     y = x + 6.0
     inv2 = 1.0 / (y * y)
     series = inv2 * (1 / 12 - inv2 * (1 / 120 - inv2 * (1 / 252 - inv2 * (1 / 240 - inv2 / 132))))
@@ -132,21 +137,28 @@ def digamma(x: np.ndarray) -> np.ndarray:
 def trigamma(x: np.ndarray) -> np.ndarray:
     """ψ₁(x), the same way."""
     x = np.asarray(x, dtype=np.float64)
-    acc = sum(1.0 / (x + k) ** 2 for k in range(6))
+    acc = np.zeros_like(x)
+    for k in range(6):
+        r = 1.0 / (x + k)
+        acc += r * r
     y = x + 6.0
     inv, inv2 = 1.0 / y, 1.0 / (y * y)
     return acc + inv + 0.5 * inv2 + inv * inv2 * (1 / 6 - inv2 * (1 / 30 - inv2 * (1 / 42 - inv2 / 30)))  # fmt: skip
 
 
-def inv_digamma(y: np.ndarray, x0: np.ndarray | None = None, iters: int = 6) -> np.ndarray:
-    """x with ψ(x) = y: Newton from `x0`, else from Minka's starting point (~5 steps)."""
+def inv_digamma(y: np.ndarray, x0: np.ndarray | None = None, tol: float = 1e-12) -> np.ndarray:
+    """x with ψ(x) = y: Newton from `x0`, else from Minka's starting point, until every residual
+    is below `tol` (relative to max(1, |y|); at most 10 steps, ~5 from Minka's start)."""
     y = np.asarray(y, dtype=np.float64)
     if x0 is None:
         gamma = -digamma(np.float64(1.0))
         x0 = np.where(y >= -2.22, np.exp(np.minimum(y, 700.0)) + 0.5, -1.0 / (y + gamma))
     x = x0
-    for _ in range(iters):
-        x = np.maximum(x - (digamma(x) - y) / trigamma(x), x / 2)
+    for _ in range(10):
+        residual = digamma(x) - y
+        if np.max(np.abs(residual) / np.maximum(1.0, np.abs(y))) < tol:
+            break
+        x = np.maximum(x - residual / trigamma(x), x / 2)
     return x
 
 
@@ -209,7 +221,7 @@ def _ent_grad_hess(logits: np.ndarray, T: float) -> tuple[float, float, float]:
     diff = log_p - mu1
     p_diff2 = p * diff * diff
     mu2, mu3 = np.sum(p_diff2), np.sum(p_diff2 * diff)
-    return float(-mu1), float(mu2 / T), float(-(2 * mu3 + 3 * mu2) / (T * T))
+    return float(-mu1), float(mu2 / T), float(-(mu3 + 3 * mu2) / (T * T))  # fix 6: μ3, not 2μ3
 
 
 def temp_tune(logits: np.ndarray, target: float, iters: int = 10, lr: float = 0.1) -> float:
@@ -237,31 +249,38 @@ def fit_dirichlet(target: np.ndarray, init: np.ndarray | None = None) -> np.ndar
     """α with ψ(αᵢ) − ψ(Σα) = targetᵢ (the Dirichlet whose mean log p is `target`).
 
     Given S = Σα, αᵢ = ψ⁻¹(ψ(S) + tᵢ); solve log Σᵢ αᵢ(S) = log S by Newton on u = log S, kept
-    inside a bisection bracket. Each inverse digamma starts from the last one (or `init`).
+    inside a bisection bracket. Each inverse digamma starts from the last one when S moved
+    little (or from `init`, the previous step's α), else from scratch.
     """
     t = np.asarray(target, dtype=np.float64)
     lo, hi = math.log(1e-6), math.log(MAX_ALPHA_SUM)
 
     def alphas(u: float, x0: np.ndarray | None) -> tuple[np.ndarray, float]:
-        a = inv_digamma(digamma(np.float64(math.exp(u))) + t, x0, iters=6 if x0 is None else 3)
+        a = inv_digamma(digamma(np.float64(math.exp(u))) + t, x0)
         return a, float(np.log(np.sum(a)) - u)
 
     a, h = alphas(hi, None)
     if h >= 0:  # Σ e^t ≥ 1: the fit runs off to infinity; stop at the cap
         return a
-    u = math.log(float(np.sum(init))) if init is not None else math.log(max(float(np.sum(np.exp(t))), 1e-3) * t.size)  # fmt: skip
-    u, x0 = min(max(u, lo), hi), init
+    if init is not None and lo < math.log(float(np.sum(init))) < hi:
+        u, a = math.log(float(np.sum(init))), init
+    else:
+        u, a = 0.5 * (lo + hi), None
     for _ in range(100):
-        a, h = alphas(u, x0)
-        x0 = a
-        if abs(h) < 1e-12 or hi - lo < 1e-12:
+        a, h = alphas(u, a)
+        if abs(h) < 1e-11:
             break
         lo, hi = (u, hi) if h > 0 else (lo, u)
         S = math.exp(u)
         slope = S * float(trigamma(np.float64(S))) * float(np.sum(1.0 / trigamma(a))) / float(np.sum(a)) - 1.0  # fmt: skip
-        nxt = u - h / slope if slope < 0 else (lo + hi) / 2
-        u = nxt if lo < nxt < hi else (lo + hi) / 2
-    return inv_digamma(digamma(np.float64(math.exp(u))) + t, a, iters=3)
+        nxt = u - h / slope if slope < 0 else 0.5 * (lo + hi)
+        nxt = nxt if lo < nxt < hi else 0.5 * (lo + hi)
+        if abs(nxt - u) > 0.5:
+            a = None  # a long way off: the last α is no better a start than Minka's
+        if hi - lo < 1e-13:
+            break
+        u = nxt
+    return a
 
 
 def dirichlet_log_likelihood(logp: np.ndarray, alpha: np.ndarray) -> float:
@@ -311,7 +330,9 @@ def step(
 ) -> tuple[DSState, DSStep]:
     """One `adaptive_dirichlet_step` (ENTROPIX.md §6 steps 1–5) for one row."""
     s = state
-    naked = normalize(np.asarray(logits, dtype=np.float64), cfg.noise_floor)
+    logits = np.asarray(logits, dtype=np.float64)
+    banned = ~np.isfinite(logits)  # fix 7: a token masked to −inf stays out of every choice
+    naked = normalize(logits, cfg.noise_floor)
     naked_ent, naked_varent = ent_varent(naked)
     state_ent = np.array([s.token_cross_ent_scaffold, s.token_cross_ent_naked,
                           s.emwa_ent_scaffold, s.emwa_ent_naked])  # fmt: skip
@@ -321,12 +342,12 @@ def step(
     outlier = score > 0
 
     # Inliers: top-k, argmax when concentrated, else entropy-matched temperature.
-    top = _topk(naked, cfg.outlier_topk)
+    top = _topk(np.where(banned, -np.inf, naked), cfg.outlier_topk)
     topk_lp = normalize(naked[top], cfg.noise_floor)
     topk_ent, _ = ent_varent(topk_lp)
     argmax_now = not outlier and topk_ent < cfg.argmax_weight * s.emwa_topk_ent_naked + cfg.argmax_bias  # fmt: skip
     inlier_temp = temp_tune(topk_lp, s.emwa_topk_ent_naked, cfg.temp_tune_iters)
-    inlier_token = int(top[_categorical(topk_lp / inlier_temp, rng)])
+    inlier_token = int(top[_categorical(np.where(banned[top], -np.inf, topk_lp / inlier_temp), rng)])
 
     # Outliers: tune the temperature to a target entropy, move the EMWA of log p, refit α.
     target = cfg.target_linear * state_ent.sum() + cfg.target_inv_temp / s.emwa_temp + cfg.target_bias  # fmt: skip
@@ -343,15 +364,16 @@ def step(
     dir_probs = gammas / gammas.sum()
     kl_dir = float(np.sum(dir_probs * (np.log(dir_probs + EPS) - on_supp)))
     perturb = 1.0 - cfg.perturb_base_coeff ** (-cfg.perturb_exp_coeff / (kl_dir + EPS))
-    q = perturb * dir_probs + (1.0 - perturb) * np.exp(on_supp)
+    q = perturb * dir_probs + (1.0 - perturb) * np.exp(on_supp)  # π → 1 as the draw nears p
 
     if not outlier:
         token, branch = (int(top[0]), "ds-argmax") if argmax_now else (inlier_token, "ds-topk")
         used_temp = 0.0 if argmax_now else inlier_temp
     elif use_dirichlet:
-        token, branch, used_temp = int(np.argmax(q)), "ds-dirichlet", temp
+        token, branch, used_temp = int(np.argmax(np.where(banned, -1.0, q))), "ds-dirichlet", temp
     else:
-        token, branch, used_temp = _categorical(np.log(dir_probs + EPS), rng), "ds-ood", temp
+        ood = np.where(banned, -np.inf, np.log(dir_probs + EPS))
+        token, branch, used_temp = _categorical(ood, rng), "ds-ood", temp
 
     log_q = np.log(q + EPS)
     scaffold_ent, scaffold_varent = ent_varent(log_q)
