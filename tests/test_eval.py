@@ -257,8 +257,9 @@ def test_eval_end_to_end(monkeypatch, capsys, tmp_path: Path, tiny_path: Path) -
         assert row["mean_tokens"] == pytest.approx(sum(a["tokens"] for a in mine) / 3)
     assert set(rows["greedy"]["strategies"]) == {"greedy"}
     # One table on stdout; one line per answer on stderr.
-    assert re.search(r"sampler\s+accuracy\s+mean tokens\s+tok/s\s+strategy mix", stdout)
-    assert re.search(r"greedy\s+\d/3 \d+%", stdout) and re.search(r"entropix\s+\d/3", stdout)
+    assert re.search(r"sampler\s+acc % \[95% CI\]\s+Δ greedy\s+tokens\s+stop%\s+tok/s", stdout)
+    assert re.search(r"greedy\s+\d+\.\d \[\d+\.\d, \d+\.\d\]\s+-", stdout)
+    assert re.search(r"entropix\s+\d+\.\d \[\d+\.\d, \d+\.\d\]\s+[+-]\d+\.\d \[", stdout)
     assert len([line for line in stderr.splitlines() if line[:2] in ("✓ ", "✗ ")]) == 6
 
 

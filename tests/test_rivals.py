@@ -169,3 +169,22 @@ def test_rival_fields_are_checked(kwargs: dict, message: str) -> None:
 def test_rival_fields_take_overrides() -> None:
     cfg = CFG.with_overrides({"minp_min_p": "0.2", "edt_theta": "1.5", "dynatemp_top_k": "0"})
     assert (cfg.minp_min_p, cfg.edt_theta, cfg.dynatemp_top_k) == (0.2, 1.5, 0)
+
+
+# ── ablation ──────────────────────────────────────────────────────────────────────────────────
+
+
+def test_entropix_ablation_takes_the_argmax_and_keeps_the_name() -> None:
+    from entropix_mlx.engine.sampler import ARGMAX, EntropixSampler
+
+    logits = mx.array(LOGITS)
+    ablated = EntropixSampler(CFG, (1, 2), frozenset({"adaptive", "clarify"}))
+    d = ablated(logits, M, mx.random.key(0), clarify_left=1)  # M is MID → adaptive
+    assert (d.strategy, d.params, d.token.item()) == ("adaptive", ARGMAX, int(np.argmax(LOGITS)))
+    hot = Metrics(6.0, 0.01, 1.0, 0.1, 0.1, 1.0)  # HELV: no insertion when ablated
+    d = ablated(logits, hot, mx.random.key(0), clarify_left=1)
+    assert d.inserted == () and d.strategy == "clarify" and d.token.item() == int(np.argmax(LOGITS))
+    explore = Metrics(2.0, 6.0, 2.5, 0.4, 0.3, 4.0)  # LEHV: not ablated, samples as usual
+    assert ablated(logits, explore, mx.random.key(0), clarify_left=1).params.temperature > 0
+    with pytest.raises(ValueError, match="'greedy' is not one of"):
+        EntropixSampler(CFG, (), frozenset({"greedy"}))

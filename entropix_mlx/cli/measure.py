@@ -1,4 +1,4 @@
-"""Lab commands that measure: calibrate, eval. Thin: options in, the lab's results out through
+"""Lab commands that measure: calibrate, eval, tune. Thin: options in, the lab's results out through
 `ui.tables`."""
 
 from __future__ import annotations
@@ -147,7 +147,7 @@ def eval_(
         typer.Option(
             "--samplers",
             "-s",
-            help="Comma-separated samplers to compare, each once: entropix, greedy, sample.",
+            help="Comma-separated: greedy, entropix, sample, minp, edt, dynatemp, dslider.",
         ),
     ] = "greedy,entropix,sample",
     model: ModelOpt = None,
@@ -157,23 +157,30 @@ def eval_(
     ] = 64,
     seed: Annotated[
         int,
-        typer.Option("--seed", help="Seed of every answer (the eval is reproducible by default)."),
+        typer.Option("--seed", help="Base seed (each answer's: from it and the question)."),
     ] = 0,
+    seeds: Annotated[
+        int,
+        typer.Option("--seeds", "-k", min=1, help="Answers per question (stochastic samplers)."),
+    ] = 1,
+    ablate: Annotated[
+        bool,
+        typer.Option("--ablate", help="Also entropix with each strategy set to argmax."),
+    ] = False,
     profile: ProfileOpt = "reference",
     jsonl: Annotated[
         Path | None,
         typer.Option(
             "--jsonl",
             dir_okay=False,
-            help="Write every answer (question, sampler, answer, correct, tokens) here.",
+            help="Write every answer and the summary here.",
         ),
     ] = None,
     plain: PlainOpt = False,
 ) -> None:
-    """Score samplers on a question set: accuracy, mean tokens, tok/s and strategy mix.
-
-    Every sampler answers every question; `sample` uses the profile's T0/k0/p0/m0, as everywhere."""
-    from ..lab.evaluate import load_questions
+    """Score samplers: accuracy [95 % CI], paired Δ vs greedy, tokens, tok/s, strategy mix."""
+    from ..engine.sampler import STRATEGIES
+    from ..lab.evaluate import Contender, load_questions
 
     names = _sampler_names(samplers)
     options = _options(names[0], max_tokens=max_tokens, seed=seed, profile=profile, model=model)
@@ -182,29 +189,35 @@ def eval_(
         items = load_questions(questions)
     except (EntropixError, ValueError) as e:  # one line, before the model loads
         _fail(str(e))
-    _guard(_eval, questions, items, names, model, options, jsonl, plain)
+    contenders = [Contender.named(n) for n in names]
+    if ablate:
+        contenders += [Contender.ablation(s) for s in STRATEGIES if s != "argmax"]
+    _guard(_eval, questions, items, contenders, model, options, seeds, jsonl, plain)
 
 
-def _eval(path, questions, samplers, model, options, jsonl, plain) -> None:
+def _eval(path, questions, samplers, model, options, seeds, jsonl, plain) -> None:
     import contextlib
     import dataclasses
 
     from ..engine.config import profile_for_model
     from ..engine.records import JsonlWriter
     from ..lab.evaluate import answer_questions, tally
+    from ..lab.stats import LEVEL, N_BOOT
     from ..ui import render as tui
     from ..ui import tables
 
     err, out = tui.console(plain, stderr=True), tui.console(plain)
     mdl, tok, info = _load(err, model)
     config, max_tokens, seed = options.config, options.max_tokens, options.seed
-    err.print(tui.render_profile(", ".join(samplers), config, profile_for_model(info.name)))
+    labels = ", ".join(c.label for c in samplers)
+    err.print(tui.render_profile(labels, config, profile_for_model(info.name)))
     answers = []
     with JsonlWriter(jsonl) if jsonl else contextlib.nullcontext() as writer:
         # `sample` draws with the config's base parameters: `options.params`, as in every command.
         for answer in answer_questions(
-            mdl, tok, questions, samplers, config=config, max_tokens=max_tokens, seed=seed
-        ):
+            mdl, tok, questions, samplers, config=config, max_tokens=max_tokens, seed=seed,
+            seeds=seeds,
+        ):  # fmt: skip
             answers.append(answer)
             err.print(tables.answer_line(answer), no_wrap=True, overflow="ellipsis")
             if writer:
@@ -219,6 +232,9 @@ def _eval(path, questions, samplers, model, options, jsonl, plain) -> None:
                         "questions": len(questions),
                         "max_tokens": max_tokens,
                         "seed": seed,
+                        "seeds": seeds,
+                        "baseline": "greedy",
+                        "bootstrap": {"resamples": N_BOOT, "seed": 0, "level": LEVEL},
                         "config": dataclasses.asdict(config),
                         "samplers": [r.record() for r in rows],
                     }

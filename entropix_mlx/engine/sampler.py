@@ -209,17 +209,29 @@ def _as_vector(logits: mx.array) -> mx.array:
 
 @dataclass(frozen=True, eq=False)
 class EntropixSampler:
-    """Picks a strategy from the step's metrics (ENTROPIX.md §2)."""
+    """Picks a strategy from the step's metrics (ENTROPIX.md §2).
+
+    `argmax_for`: strategies that take the argmax instead (an ablation; clarify then inserts
+    nothing). Their tokens keep the strategy's name, so the mix still says where they fell.
+    """
 
     config: SamplerConfig
     clarify_ids: tuple[int, ...] = ()
+    argmax_for: frozenset[str] = frozenset()
     name: str = field(default="entropix", init=False)
+
+    def __post_init__(self) -> None:
+        unknown = sorted(self.argmax_for - set(STRATEGIES))
+        if unknown:
+            raise ValueError(f"argmax_for: {unknown[0]!r} is not one of {', '.join(STRATEGIES)}")
 
     def __call__(
         self, logits: mx.array, metrics: Metrics, key: mx.array, *, clarify_left: int
     ) -> Decision:
         logits = _as_vector(logits)
         quadrant, strategy = classify(metrics.entropy, metrics.varentropy, self.config)
+        if strategy in self.argmax_for:
+            return Decision(sample(logits, ARGMAX, key), (), quadrant, strategy, ARGMAX)
         params = strategy_params(strategy, metrics, self.config)
         if strategy == "clarify" and clarify_left > 0 and self.clarify_ids:
             return Decision(None, self.clarify_ids, quadrant, strategy, params)

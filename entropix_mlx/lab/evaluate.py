@@ -1,4 +1,5 @@
-"""A small question-answering eval: every sampler answers every question; score and tally.
+"""A question-answering eval: every sampler answers every question (k seeds each); score,
+tally, and put a bootstrap CI on each accuracy and on each paired difference with greedy.
 
 Question file: JSON Lines, one object per line with `question` and exactly one expectation:
 
@@ -25,7 +26,14 @@ from pathlib import Path
 from typing import Any
 
 from ..errors import EntropixError
-from ..tokenize.chat_template import chat_messages
+from .stats import (
+    N_BOOT,
+    Interval,
+    accuracy,
+    paired_difference,
+    per_question,
+    question_seed,
+)
 
 KINDS = ("answer", "number", "regex")
 FIELDS = ("question", *KINDS, "tolerance", "extract", "id", "category", "system")
@@ -165,11 +173,34 @@ def load_questions(path: Path) -> list[Question]:
 
 
 @dataclass(frozen=True)
+class Contender:
+    """A row of the eval: a sampler by name, or Entropix with some strategies set to argmax."""
+
+    label: str
+    sampler: str
+    argmax_for: frozenset[str] = frozenset()
+
+    @property
+    def deterministic(self) -> bool:
+        """Greedy answers once: more seeds would repeat the same answer."""
+        return self.sampler == "greedy"
+
+    @classmethod
+    def named(cls, name: str) -> Contender:
+        return cls(name, name)
+
+    @classmethod
+    def ablation(cls, strategy: str) -> Contender:
+        """Entropix with `strategy` replaced by the argmax, labelled `entropix-<strategy>`."""
+        return cls(f"entropix-{strategy}", "entropix", frozenset({strategy}))
+
+
+@dataclass(frozen=True)
 class Answer:
-    """One sampler's answer to one question."""
+    """One sampler's answer to one question, with one seed."""
 
     question: Question
-    sampler: str
+    sampler: str  # the contender's label
     text: str
     correct: bool
     tokens: int
@@ -177,9 +208,11 @@ class Answer:
     finish_reason: str | None
     strategies: dict[str, int] = field(default_factory=dict)
     quadrants: dict[str, int] = field(default_factory=dict)
+    draw: int = 0
+    seed: int | None = None
 
     def record(self) -> dict[str, Any]:
-        """The answer's JSONL line."""
+        """The answer's JSONL line: everything the table is computed from."""
         q = self.question
         expected = list(q.expected) if q.kind == "answer" else q.expected
         return {
@@ -187,9 +220,12 @@ class Answer:
             "category": q.category,
             "question": q.question,
             "sampler": self.sampler,
+            "draw": self.draw,
+            "seed": self.seed,
             "answer": self.text,
             "correct": self.correct,
             "tokens": self.tokens,
+            "decode_seconds": self.decode_seconds,
             "expected": {q.kind: expected},
             "finish_reason": self.finish_reason,
             "strategies": self.strategies,
@@ -199,23 +235,28 @@ class Answer:
 
 @dataclass(frozen=True)
 class SamplerScore:
-    """One table row: a sampler's totals over the question set."""
+    """One table row: a sampler's totals over the question set, its accuracy with a 95 % CI
+    over questions and, when a baseline answered the same questions, the paired difference."""
 
     sampler: str
     questions: int
+    answers: int
     correct: int
     tokens: int
     decode_seconds: float
     strategies: dict[str, int]
     quadrants: dict[str, int]
+    finish_reasons: dict[str, int] = field(default_factory=dict)
+    accuracy_ci: Interval | None = None
+    diff_ci: Interval | None = None  # vs the baseline; None for the baseline itself
 
     @property
     def accuracy(self) -> float:
-        return self.correct / self.questions if self.questions else 0.0
+        return self.accuracy_ci.estimate if self.accuracy_ci else 0.0
 
     @property
     def mean_tokens(self) -> float:
-        return self.tokens / self.questions if self.questions else 0.0
+        return self.tokens / self.answers if self.answers else 0.0
 
     @property
     def tokens_per_second(self) -> float:
@@ -223,31 +264,56 @@ class SamplerScore:
 
     def record(self) -> dict[str, Any]:
         """The row as the eval JSONL's summary stores it."""
-        names = ("sampler", "questions", "correct", "accuracy", "mean_tokens", "tokens_per_second")
+        names = ("sampler", "questions", "answers", "correct", "accuracy", "mean_tokens",
+                 "tokens_per_second", "finish_reasons", "strategies", "quadrants")  # fmt: skip
         return {n: getattr(self, n) for n in names} | {
-            "strategies": self.strategies,
-            "quadrants": self.quadrants,
+            "accuracy_ci": _interval(self.accuracy_ci),
+            "diff_vs_baseline": _interval(self.diff_ci),
         }
 
 
-def tally(answers: Sequence[Answer]) -> list[SamplerScore]:
-    """Per sampler, in the order they first appear."""
+def _interval(ci: Interval | None) -> dict[str, float] | None:
+    return None if ci is None else {"estimate": ci.estimate, "lo": ci.lo, "hi": ci.hi}
+
+
+def question_scores(answers: Sequence[Answer]) -> dict[str, dict[str, float]]:
+    """Sampler → question id → fraction of its answers (seeds) that are right."""
+    grouped: dict[str, dict[str, list[bool]]] = {}
+    for a in answers:
+        grouped.setdefault(a.sampler, {}).setdefault(a.question.id, []).append(a.correct)
+    return {name: per_question(by_q) for name, by_q in grouped.items()}
+
+
+def tally(
+    answers: Sequence[Answer], *, baseline: str = "greedy", n_boot: int = N_BOOT, seed: int = 0
+) -> list[SamplerScore]:
+    """Per sampler, in the order they first appear; paired with `baseline` where it answered
+    the same questions (the bootstrap resamples questions, seeded by `seed`)."""
+    scores = question_scores(answers)
+    base = scores.get(baseline)
     rows = []
-    for name in dict.fromkeys(a.sampler for a in answers):
+    for name, mine_scores in scores.items():
         mine = [a for a in answers if a.sampler == name]
         strategies, quadrants = Counter(), Counter()
         for a in mine:
             strategies.update(a.strategies)
             quadrants.update(a.quadrants)
+        paired = base is not None and name != baseline and set(base) == set(mine_scores)
         rows.append(
             SamplerScore(
                 sampler=name,
-                questions=len(mine),
+                questions=len(mine_scores),
+                answers=len(mine),
                 correct=sum(a.correct for a in mine),
                 tokens=sum(a.tokens for a in mine),
                 decode_seconds=sum(a.decode_seconds for a in mine),
                 strategies=dict(strategies),
                 quadrants=dict(quadrants),
+                finish_reasons=dict(Counter(a.finish_reason or "none" for a in mine)),
+                accuracy_ci=accuracy(mine_scores, n_boot=n_boot, seed=seed),
+                diff_ci=paired_difference(mine_scores, base, n_boot=n_boot, seed=seed)
+                if paired
+                else None,
             )
         )
     return rows
@@ -257,43 +323,61 @@ def answer_questions(
     model: Any,
     tokenizer: Any,
     questions: Sequence[Question],
-    samplers: Sequence[str],
+    samplers: Sequence[str | Contender],
     *,
     config: Any,
     max_tokens: int,
     seed: int,
+    seeds: int = 1,
     on_answer: Callable[[Answer], None] | None = None,
 ) -> Iterator[Answer]:
-    """Each sampler answers every question (chat template, the same seed), sampler by sampler."""
-    from ..engine.generate import Summary, generate
+    """Each sampler answers every question (chat template), sampler by sampler.
 
-    for sampler in samplers:
+    A stochastic sampler answers each question `seeds` times; answer d of question q uses the
+    seed `question_seed(seed, q.id, d)`, so each question has its own reproducible draws.
+    Greedy answers once. Every answer gets a new sampler (dslider keeps per-response state).
+    """
+    from ..engine.generate import Summary, generate
+    from ..engine.sampler import EntropixSampler, make_sampler
+
+    if seeds < 1:
+        raise ValueError(f"seeds={seeds!r} must be ≥ 1")
+    clarify_ids = tuple(tokenizer.encode(config.clarify_text)) if config.clarify_text else ()
+    for contender in samplers:
+        c = Contender.named(contender) if isinstance(contender, str) else contender
         for q in questions:
             ids = tokenizer.apply_chat_template(chat_messages(q.question, system=q.system))
-            events = list(
-                generate(
-                    model,
-                    tokenizer,
-                    ids,
-                    sampler=sampler,
-                    max_tokens=max_tokens,
-                    seed=seed,
-                    config=config,
+            for draw in range(1 if c.deterministic else seeds):
+                answer_seed = question_seed(seed, q.id, draw)
+                if c.argmax_for:
+                    chooser = EntropixSampler(config, clarify_ids, c.argmax_for)
+                else:
+                    chooser = make_sampler(c.sampler, config, clarify_ids=clarify_ids)
+                events = list(
+                    generate(
+                        model,
+                        tokenizer,
+                        ids,
+                        sampler=chooser,
+                        max_tokens=max_tokens,
+                        seed=answer_seed,
+                    )
                 )
-            )
-            summary = Summary.from_events(events)
-            text = "".join(e.text for e in events).strip()
-            answer = Answer(
-                question=q,
-                sampler=sampler,
-                text=text,
-                correct=score(text, q),
-                tokens=len(events),
-                decode_seconds=events[-1].elapsed if events else 0.0,
-                finish_reason=summary.finish_reason,
-                strategies=summary.strategies,
-                quadrants=summary.quadrants,
-            )
-            if on_answer is not None:
-                on_answer(answer)
-            yield answer
+                summary = Summary.from_events(events)
+                text = "".join(e.text for e in events).strip()
+                answer = Answer(
+                    question=q,
+                    sampler=c.label,
+                    text=text,
+                    correct=score(text, q),
+                    tokens=len(events),
+                    decode_seconds=events[-1].elapsed if events else 0.0,
+                    finish_reason=summary.finish_reason,
+                    strategies=summary.strategies,
+                    quadrants=summary.quadrants,
+                    draw=draw,
+                    seed=answer_seed,
+                )
+                if on_answer is not None:
+                    on_answer(answer)
+                yield answer
