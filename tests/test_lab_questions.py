@@ -8,7 +8,7 @@ import re
 
 import pytest
 
-from entropix_mlx.evaluate import load_questions, score
+from entropix_mlx.lab.evaluate import load_questions, score
 from entropix_mlx.lab import questions as gen
 
 
