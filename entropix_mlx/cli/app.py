@@ -48,7 +48,7 @@ SamplerOpt = Annotated[
     typer.Option(
         "--sampler",
         "-s",
-        help=f"entropix | greedy | sample. {SAMPLE_MEANS}; {SAMPLE_FLAGS}.",
+        help=f"entropix | greedy | sample | minp | edt | dynatemp | dslider. {SAMPLE_MEANS}; {SAMPLE_FLAGS}.",
     ),
 ]
 SeedOpt = Annotated[int | None, typer.Option("--seed", help="Make sampling reproducible.")]

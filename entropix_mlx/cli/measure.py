@@ -241,3 +241,101 @@ def _eval(path, questions, samplers, model, options, seeds, jsonl, plain) -> Non
                 }
             )
     out.print(tables.eval_table(rows, bar=out.color_system is not None))
+
+
+# ── tune ──────────────────────────────────────────────────────────────────────────────────────
+
+
+def _packaged_split(split: str) -> Path:
+    from ..lab.questions import split_path
+
+    return split_path(split)
+
+
+@app.command()
+def tune(
+    out: Annotated[
+        Path,
+        typer.Option("--out", "-o", dir_okay=False, help="Write the best profile here (.toml)."),
+    ],
+    model: ModelOpt = None,
+    dev: Annotated[
+        Path | None, typer.Option("--dev", **InFile, help="Dev questions (default: the packaged set).")
+    ] = None,
+    heldout: Annotated[
+        Path | None,
+        typer.Option("--heldout", **InFile, help="Held-out questions (default: the packaged set)."),
+    ] = None,
+    report: Annotated[
+        bool, typer.Option("--report/--no-report", help="Score the winner on held-out vs greedy.")
+    ] = True,
+    candidates: Annotated[int, typer.Option("--candidates", min=1, help="Random candidates.")] = 16,
+    rounds: Annotated[int, typer.Option("--rounds", min=1, help="Halving rounds.")] = 3,
+    questions: Annotated[
+        int, typer.Option("--questions", min=1, help="Dev questions in round 1 (× eta each round).")
+    ] = 20,
+    eta: Annotated[int, typer.Option("--eta", min=2, help="Keep 1/eta each round.")] = 3,
+    seeds: Annotated[int, typer.Option("--seeds", "-k", min=1, help="Answers per question.")] = 1,
+    max_tokens: Annotated[int, typer.Option("--max-tokens", "-n", min=1)] = 32,
+    seed: Annotated[int, typer.Option("--seed", help="Seeds the search and every answer.")] = 0,
+    base: Annotated[str, typer.Option("--base", help="Profile the unsearched fields come from.")] = "reference",  # fmt: skip
+    plain: PlainOpt = False,
+) -> None:
+    """Search ≤ 8 Entropix fields on the dev set (random search + successive halving), write the
+    best profile, then report it on the held-out set against greedy with a paired CI."""
+    from ..engine.config import load_profile
+    from ..lab.evaluate import load_questions
+    from ..lab.tune import Budget
+
+    _out_path(out, "--out", ".toml")
+    try:
+        budget = Budget(candidates=candidates, rounds=rounds, questions=questions, eta=eta)
+        base_config = load_profile(base)
+        dev_items = load_questions(dev or _packaged_split("dev"))
+        held_items = load_questions(heldout or _packaged_split("heldout")) if report else []
+    except (EntropixError, ValueError) as e:
+        _fail(str(e))
+    run = (out, model, dev or _packaged_split("dev"), dev_items, held_items, budget, seeds,
+           max_tokens, seed, base_config, plain)  # fmt: skip
+    _guard(_tune, *run)
+
+
+def _tune(out, model, dev_path, dev, heldout, budget, seeds, max_tokens, seed, base, plain) -> None:
+    import time
+
+    from ..lab.calibrate import render_profile_toml
+    from ..lab.evaluate import Contender, answer_questions, question_scores, tally
+    from ..lab.tune import render_header
+    from ..lab.tune import tune as run_tune
+    from ..ui import render as tui
+    from ..ui import tables
+
+    err, console = tui.console(plain, stderr=True), tui.console(plain)
+    mdl, tok, info = _load(err, model)
+    t0 = time.perf_counter()
+
+    def evaluate(config, questions):  # noqa: ANN001, ANN202
+        answers = answer_questions(mdl, tok, questions, ["entropix"], config=config,
+                                   max_tokens=max_tokens, seed=seed, seeds=seeds)  # fmt: skip
+        return question_scores(list(answers)).get("entropix", {})
+
+    def on_round(r: int, pool) -> None:  # noqa: ANN001
+        best = max(pool, key=lambda c: c.mean)
+        err.print(f"round {r + 1}: {len(pool)} candidates on {len(best.scores)} dev questions; "
+                  f"best {best.label} {100 * best.mean:.1f}% ({time.perf_counter() - t0:.0f} s)")  # fmt: skip
+
+    result = run_tune(base, dev, evaluate, budget=budget, seed=seed, on_round=on_round)
+    header = render_header(result, model=info.name, dev_file=str(dev_path), max_tokens=max_tokens,
+                           date=datetime.date.today().isoformat(), seeds=seeds)  # fmt: skip
+    out.write_text(render_profile_toml(result.best.config, header, models=[info.name]), "utf-8")
+    minutes = (time.perf_counter() - t0) / 60
+    console.print(f"wrote {out} (dev {result.dev.points()} %, {result.answers} question "
+                  f"evaluations, {minutes:.1f} min); use it with --profile {out}")  # fmt: skip
+    if not heldout:
+        return
+    config = result.best.config
+    contenders = [Contender.named("greedy"), Contender("tuned", "entropix")]
+    answers = list(answer_questions(mdl, tok, heldout, contenders, config=config,
+                                    max_tokens=max_tokens, seed=seed, seeds=seeds))  # fmt: skip
+    console.print(f"held-out ({len(heldout)} questions), the tuned profile against greedy:")
+    console.print(tables.eval_table(tally(answers), bar=console.color_system is not None))
