@@ -32,8 +32,12 @@ def logits8(seed: int = 0) -> np.ndarray:
 
 def test_special_functions_on_known_values() -> None:
     x = np.array([1.0, 2.0, 0.5, 5.0])
-    assert ds.digamma(x) == pytest.approx([-EULER, 1 - EULER, -EULER - 2 * math.log(2), 25 / 12 - EULER], abs=1e-11)  # fmt: skip
-    assert ds.trigamma(np.array([1.0, 0.5])) == pytest.approx([math.pi**2 / 6, math.pi**2 / 2], abs=1e-9)  # fmt: skip
+    assert ds.digamma(x) == pytest.approx(
+        [-EULER, 1 - EULER, -EULER - 2 * math.log(2), 25 / 12 - EULER], abs=1e-11
+    )
+    assert ds.trigamma(np.array([1.0, 0.5])) == pytest.approx(
+        [math.pi**2 / 6, math.pi**2 / 2], abs=1e-9
+    )
     y = np.array([-25.0, -3.0, -0.5, 0.0, 4.0])
     assert ds.digamma(ds.inv_digamma(y)) == pytest.approx(y, abs=1e-10)
     v = np.array([1e-6, 0.3, 1.0, 7.5, 1e4])
@@ -62,15 +66,24 @@ def test_outlier_score_by_hand_and_as_the_reference_writes_it() -> None:
     ent, std = np.array([1.0, 2.0, 3.0, 4.0]), np.array([0.5, 0.5, 1.0, 1.0])
     # 1.3·10·3 + 0.8·10 + 0.8·3 + 1.2·0.7 + 1.2·0.3 = 39 + 8 + 2.4 + 0.84 + 0.36
     assert ds.outlier_score(ent, std, 0.7, 0.3, CFG) == pytest.approx(50.6)
-    einsum = (np.einsum("i,ij,j->", ent, 1.3 * np.ones((4, 4)), std) + 0.8 * ent.sum()
-              + 0.8 * std.sum() + 1.2 * 0.7 + 1.2 * 0.3)  # fmt: skip
+    einsum = (
+        np.einsum("i,ij,j->", ent, 1.3 * np.ones((4, 4)), std)
+        + 0.8 * ent.sum()
+        + 0.8 * std.sum()
+        + 1.2 * 0.7
+        + 1.2 * 0.3
+    )
     assert ds.outlier_score(ent, std, 0.7, 0.3, CFG) == pytest.approx(einsum)
 
 
 @settings(max_examples=50, deadline=None)
-@given(st.lists(st.floats(0, 20), min_size=4, max_size=4), st.lists(st.floats(0, 20), min_size=4, max_size=4),
-       st.floats(0, 12), st.floats(0, 50))  # fmt: skip
-def test_default_coefficients_make_every_finite_state_an_outlier(ent, var, h, v) -> None:  # noqa: ANN001
+@given(
+    st.lists(st.floats(0, 20), min_size=4, max_size=4),
+    st.lists(st.floats(0, 20), min_size=4, max_size=4),
+    st.floats(0, 12),
+    st.floats(0, 50),
+)
+def test_default_coefficients_make_every_finite_state_an_outlier(ent, var, h, v) -> None:
     """Why the fixed dslider always takes the Dirichlet path (docs/samplers.md)."""
     score = ds.outlier_score(np.array(ent), np.sqrt(var), h, v, CFG)
     assert score >= 0 and (score > 0 or (not any(ent) and not any(var) and h == v == 0))
@@ -104,7 +117,10 @@ def test_fit_dirichlet_recovers_a_beta() -> None:
 
 def test_fit_dirichlet_solves_its_equations_on_a_vocabulary() -> None:
     state = ds.init_state(np.random.default_rng(3).normal(size=5000) * 3, CFG)
-    t = 0.5 * ds.normalize(np.random.default_rng(4).normal(size=5000), -12) + 0.5 * state.emwa_logp_on_supp  # fmt: skip
+    t = (
+        0.5 * ds.normalize(np.random.default_rng(4).normal(size=5000), -12)
+        + 0.5 * state.emwa_logp_on_supp
+    )
     for init in (None, state.emwa_dir):
         a = ds.fit_dirichlet(t, init)
         assert np.abs(ds.digamma(a) - ds.digamma(a.sum()) - t).max() < 1e-8
@@ -139,7 +155,9 @@ def test_inlier_argmax_step_and_the_fixed_token_statistics() -> None:
     tce = 0.65 * s + 0.35 * 2.0
     assert new.token_cross_ent_naked == pytest.approx(tce)
     assert new.token_cross_var_naked == pytest.approx(0.65 * (s - tce) ** 2 + 0.35 * 0.5)
-    assert new.emwa_topk_ent_naked == pytest.approx(0.7 * topk_ent + 0.3 * state.emwa_topk_ent_naked)  # fmt: skip
+    assert new.emwa_topk_ent_naked == pytest.approx(
+        0.7 * topk_ent + 0.3 * state.emwa_topk_ent_naked
+    )
     ent, varent = ds.ent_varent(lp)
     assert new.emwa_ent_naked == pytest.approx(0.7 * ent + 0.3 * state.emwa_ent_naked)
     assert new.emwa_varent_naked == pytest.approx(0.7 * varent + 0.3 * state.emwa_varent_naked)
@@ -152,8 +170,13 @@ def test_outlier_updates_by_hand() -> None:
     new, step = ds.step(state, logits8(6), CFG, np.random.default_rng(1))
     assert step.outlier_score > 0 and step.branch in ("ds-dirichlet", "ds-ood")
     naked = ds.normalize(logits8(6), -12.0)
-    target = (state.token_cross_ent_scaffold + state.token_cross_ent_naked
-              + state.emwa_ent_scaffold + state.emwa_ent_naked + 8.0 / state.emwa_temp)  # fmt: skip
+    target = (
+        state.token_cross_ent_scaffold
+        + state.token_cross_ent_naked
+        + state.emwa_ent_scaffold
+        + state.emwa_ent_naked
+        + 8.0 / state.emwa_temp
+    )
     T = ds.temp_tune(naked, target)
     assert step.temperature == T and new.emwa_temp == pytest.approx(0.7 * T + 0.3 * 1.0)
     on_supp = ds.normalize(ds.normalize(naked / T, -12.0), -12.0)
@@ -214,9 +237,15 @@ def test_ood_draws_fit_the_dirichlet_mean() -> None:
 
 @pytest.mark.parametrize(
     "h, v, case",
-    [(0.2, 1.0, "LELV"), (3.0, 1.0, "HELV"), (2.0, 3.0, "LEHV"), (2.6, 3.0, "HEHV"),
-     (1.0, 2.0, "LELV"), (2.5, 2.6, "HEHV")],  # none true: the reference's argmax of zeros → 0
-)  # fmt: skip
+    [
+        (0.2, 1.0, "LELV"),
+        (3.0, 1.0, "HELV"),
+        (2.0, 3.0, "LEHV"),
+        (2.6, 3.0, "HEHV"),
+        (1.0, 2.0, "LELV"),
+        (2.5, 2.6, "HEHV"),
+    ],  # none true: the reference's argmax of zeros → 0
+)
 def test_wrapper_cases(h: float, v: float, case: str) -> None:
     assert ds.wrapper_case(h, v, CFG) == case
 

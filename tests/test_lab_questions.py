@@ -8,8 +8,8 @@ import re
 
 import pytest
 
-from entropix_mlx.lab.evaluate import load_questions, score
 from entropix_mlx.lab import questions as gen
+from entropix_mlx.lab.evaluate import load_questions, score
 
 
 @pytest.fixture(scope="module")
@@ -33,7 +33,7 @@ def test_sizes_ids_and_disjointness(splits: dict[str, list[dict]]) -> None:
     assert len(dev) == len(splits["dev"]) >= 300 and len(heldout) == len(splits["heldout"]) >= 300
     assert not dev & heldout
     assert not (dev | heldout) & set(gen.hand_written_questions())
-    stems = lambda items: {gen._stem(q["question"]) for q in items}  # noqa: E731
+    stems = lambda items: {gen._stem(q["question"]) for q in items}
     assert not stems(splits["dev"]) & stems(splits["heldout"])  # not even with another suffix
     ids = [q["id"] for s in splits.values() for q in s]
     assert len(set(ids)) == len(ids)
@@ -50,7 +50,7 @@ def test_shipped_sets_load_and_score_their_own_answers(split: str) -> None:
 
 
 @pytest.mark.parametrize("template", gen.TEMPLATES, ids=lambda t: t.__name__)
-def test_templates_compute_their_answers(template) -> None:  # noqa: ANN001
+def test_templates_compute_their_answers(template) -> None:
     """Re-derive each answer from the numbers in the text (the generator could mix them up)."""
     r = random.Random(7)
     for _ in range(200):
@@ -67,14 +67,18 @@ def test_templates_compute_their_answers(template) -> None:  # noqa: ANN001
         elif name in ("_div", "_share"):
             assert answer * nums[1] == nums[0]
         elif name == "_half_double":
-            assert answer in (nums[0] // 2, 2 * nums[0]) and ("half" in text) == (answer * 2 == nums[0])  # fmt: skip
+            assert answer in (nums[0] // 2, 2 * nums[0]) and ("half" in text) == (
+                answer * 2 == nums[0]
+            )
         elif name == "_two_ops":
             a, b, c = nums
             assert answer == (a * b + c if "plus" in text else a * b - c)
         elif name == "_bags":
             assert answer == (nums[0] * nums[1] - nums[2] if len(nums) == 3 else nums[0] * nums[1])
         elif name == "_shopping":
-            expected = nums[0] * nums[1] if len(nums) == 2 else nums[0] * nums[2] + nums[1] * nums[3]
+            expected = (
+                nums[0] * nums[1] if len(nums) == 2 else nums[0] * nums[2] + nums[1] * nums[3]
+            )
             assert answer == expected
         elif name == "_ages":
             assert answer == (nums[0] + nums[1] if "older" in text else nums[0] - nums[1])

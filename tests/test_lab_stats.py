@@ -36,7 +36,9 @@ def test_interval_matches_the_normal_approximation_for_many_questions() -> None:
     ci = bootstrap_mean(x, seed=3)
     half = 1.96 * math.sqrt(0.25 / 400)
     assert ci.estimate == 0.5
-    assert ci.lo == pytest.approx(0.5 - half, abs=0.006) and ci.hi == pytest.approx(0.5 + half, abs=0.006)  # fmt: skip
+    assert ci.lo == pytest.approx(0.5 - half, abs=0.006) and ci.hi == pytest.approx(
+        0.5 + half, abs=0.006
+    )
     wider = bootstrap_mean(x, level=0.99, seed=3)
     assert wider.lo < ci.lo and wider.hi > ci.hi and wider.level == 0.99
 
@@ -77,9 +79,14 @@ def test_paired_needs_the_same_questions() -> None:
 
 @pytest.mark.parametrize(
     "values, kwargs, message",
-    [([], {}, "non-empty"), ([[1.0]], {}, "non-empty"), ([math.nan], {}, "finite"),
-     ([1.0], {"level": 1.0}, "level=1.0"), ([1.0], {"n_boot": 0}, "n_boot=0")],
-)  # fmt: skip
+    [
+        ([], {}, "non-empty"),
+        ([[1.0]], {}, "non-empty"),
+        ([math.nan], {}, "finite"),
+        ([1.0], {"level": 1.0}, "level=1.0"),
+        ([1.0], {"n_boot": 0}, "n_boot=0"),
+    ],
+)
 def test_bad_input(values: list, kwargs: dict, message: str) -> None:
     with pytest.raises(ValueError, match=message):
         bootstrap_mean(values, **kwargs)
@@ -88,8 +95,11 @@ def test_bad_input(values: list, kwargs: dict, message: str) -> None:
 def test_question_seeds() -> None:
     s = question_seed(0, "dev-0001", 0)
     assert s == question_seed(0, "dev-0001", 0) and 0 <= s < 2**31
-    others = {question_seed(0, "dev-0001", 1), question_seed(1, "dev-0001", 0),
-              question_seed(0, "dev-0002", 0)}  # fmt: skip
+    others = {
+        question_seed(0, "dev-0001", 1),
+        question_seed(1, "dev-0001", 0),
+        question_seed(0, "dev-0002", 0),
+    }
     assert s not in others and len(others) == 3
     # No separator confusion: ("1", "2") and ("12", "") are different answers.
     assert question_seed(1, "2", 0) != question_seed(12, "", 0)
@@ -100,7 +110,9 @@ scores = st.lists(st.floats(0.0, 1.0), min_size=1, max_size=40)
 
 @settings(max_examples=40, deadline=None)
 @given(scores, st.floats(-5, 5), st.floats(0.1, 10))
-def test_interval_is_shift_and_scale_equivariant(x: list[float], shift: float, scale: float) -> None:
+def test_interval_is_shift_and_scale_equivariant(
+    x: list[float], shift: float, scale: float
+) -> None:
     base = bootstrap_mean(x, n_boot=300, seed=2)
     moved = bootstrap_mean([scale * v + shift for v in x], n_boot=300, seed=2)
     for got, want in zip((moved.estimate, moved.lo, moved.hi), (base.estimate, base.lo, base.hi)):

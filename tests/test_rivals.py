@@ -61,7 +61,9 @@ def test_minp_truncates_before_the_temperature() -> None:
     assert chi2_pvalue(counts[:3], q / q.sum()) > 1e-3
 
 
-@pytest.mark.parametrize("params", [SamplingParams(1.5, 0, 1.0, 0.1), SamplingParams(0.7, 0, 1.0, 0.02)])
+@pytest.mark.parametrize(
+    "params", [SamplingParams(1.5, 0, 1.0, 0.1), SamplingParams(0.7, 0, 1.0, 0.02)]
+)
 def test_minp_draws_fit(params: SamplingParams) -> None:
     probs = truncated_then_scaled(LOGITS, params)
     counts = draw_truncated(mx.array(LOGITS), params, N_DRAWS, seed=3)
@@ -75,7 +77,9 @@ def test_minp_sampler_uses_its_fields() -> None:
     assert d.params == SamplingParams(1.3, 0, 1.0, 0.05) and d.strategy == "minp"
     assert d.quadrant == "MID" and d.inserted == ()
     assert d.token.item() == sample_truncated(mx.array(LOGITS), d.params, mx.random.key(7)).item()
-    assert sample_truncated(mx.array(LOGITS), SamplingParams(0.0, 0, 1.0, 0.1), mx.random.key(0)).item() == int(np.argmax(LOGITS))  # fmt: skip
+    assert sample_truncated(
+        mx.array(LOGITS), SamplingParams(0.0, 0, 1.0, 0.1), mx.random.key(0)
+    ).item() == int(np.argmax(LOGITS))
 
 
 # ── edt ───────────────────────────────────────────────────────────────────────────────────────
@@ -102,10 +106,14 @@ def test_edt_sampler_draws_at_its_temperature() -> None:
     assert d.params == SamplingParams(T, 0, 1.0, 0.0) and d.strategy == "edt"
     assert d.token.item() == sample(mx.array(LOGITS), d.params, mx.random.key(2)).item()
     keys = mx.random.split(mx.random.key(5), N_DRAWS)
-    counts = np.bincount(np.array(mx.vmap(lambda k: sample(mx.array(LOGITS), d.params, k))(keys)), minlength=64)  # fmt: skip
+    counts = np.bincount(
+        np.array(mx.vmap(lambda k: sample(mx.array(LOGITS), d.params, k))(keys)), minlength=64
+    )
     assert chi2_pvalue(counts, truncated_then_scaled(LOGITS, d.params)) > 1e-3
     certain = Metrics(0.0, 0.0, 2.0, 0.5, 0.1, 3.0)
-    assert sampler(mx.array(LOGITS), certain, mx.random.key(2), clarify_left=0).token.item() == int(np.argmax(LOGITS))  # fmt: skip
+    assert sampler(mx.array(LOGITS), certain, mx.random.key(2), clarify_left=0).token.item() == int(
+        np.argmax(LOGITS)
+    )
 
 
 # ── dynatemp ──────────────────────────────────────────────────────────────────────────────────
@@ -140,7 +148,9 @@ def test_dynatemp_draws_exactly_and_fit() -> None:
     lp, ids = candidates(logits, truncate)
     assert d.token.item() == _draw(lp / d.params.temperature, ids, mx.random.key(4)).item()
     keys = mx.random.split(mx.random.key(8), N_DRAWS)
-    counts = np.bincount(np.array(mx.vmap(lambda k: _draw(lp / d.params.temperature, ids, k))(keys)), minlength=64)  # fmt: skip
+    counts = np.bincount(
+        np.array(mx.vmap(lambda k: _draw(lp / d.params.temperature, ids, k))(keys)), minlength=64
+    )
     probs = truncated_then_scaled(LOGITS, d.params)
     assert counts[probs == 0].sum() == 0 and chi2_pvalue(counts, probs) > 1e-3
 
@@ -156,11 +166,16 @@ def test_dynatemp_at_zero_temperature_takes_the_top() -> None:
 
 @pytest.mark.parametrize(
     "kwargs, message",
-    [({"minp_min_p": 1.5}, "minp_min_p=1.5"), ({"edt_base": 0.0}, r"edt_base=0\.0 .*\(0, 1\]"),
-     ({"edt_base": 1.2}, "edt_base=1.2"), ({"edt_theta": -1.0}, "edt_theta=-1.0"),
-     ({"dynatemp_range": -0.1}, "dynatemp_range"), ({"dynatemp_top_k": 2.5}, "must be an integer"),
-     ({"dslider_outlier_topk": 0}, "dslider_outlier_topk=0")],
-)  # fmt: skip
+    [
+        ({"minp_min_p": 1.5}, "minp_min_p=1.5"),
+        ({"edt_base": 0.0}, r"edt_base=0\.0 .*\(0, 1\]"),
+        ({"edt_base": 1.2}, "edt_base=1.2"),
+        ({"edt_theta": -1.0}, "edt_theta=-1.0"),
+        ({"dynatemp_range": -0.1}, "dynatemp_range"),
+        ({"dynatemp_top_k": 2.5}, "must be an integer"),
+        ({"dslider_outlier_topk": 0}, "dslider_outlier_topk=0"),
+    ],
+)
 def test_rival_fields_are_checked(kwargs: dict, message: str) -> None:
     with pytest.raises(ValueError, match=message):
         SamplerConfig(**kwargs)

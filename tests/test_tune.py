@@ -24,7 +24,7 @@ DEV = [Question(f"d{i:03d}", "?", "number", 1.0) for i in range(90)]
 BASE = SamplerConfig()
 
 
-def colder_is_better(config: SamplerConfig, questions) -> dict[str, float]:  # noqa: ANN001
+def colder_is_better(config: SamplerConfig, questions) -> dict[str, float]:
     """Right on a question when T0 is below its (fixed, per-question) bar."""
     return {q.id: float(config.temperature < int(q.id[1:]) / 90) for q in questions}
 
@@ -38,13 +38,15 @@ def test_the_space_holds_a_greedy_like_point_and_the_base() -> None:
         for d in DEFAULT_SPACE:
             assert d.lo <= getattr(c.config, d.name) <= d.hi
         assert isinstance(c.config.n_adaptive_samples, int)
-    assert [c.config for c in candidates(BASE, DEFAULT_SPACE, 5, seed=1)] == [c.config for c in pool]
+    assert [c.config for c in candidates(BASE, DEFAULT_SPACE, 5, seed=1)] == [
+        c.config for c in pool
+    ]
 
 
 def test_successive_halving_keeps_the_best_and_counts_its_budget() -> None:
     calls = []
 
-    def evaluate(config, questions):  # noqa: ANN001
+    def evaluate(config, questions):
         calls.append(len(questions))
         return colder_is_better(config, questions)
 
@@ -60,18 +62,28 @@ def test_successive_halving_keeps_the_best_and_counts_its_budget() -> None:
 
 
 def test_ties_keep_the_base() -> None:
-    result = tune(BASE, DEV[:10], lambda c, qs: {q.id: 0.5 for q in qs},
-                  budget=Budget(candidates=3, rounds=2, questions=5), seed=0)  # fmt: skip
+    result = tune(
+        BASE,
+        DEV[:10],
+        lambda c, qs: {q.id: 0.5 for q in qs},
+        budget=Budget(candidates=3, rounds=2, questions=5),
+        seed=0,
+    )
     assert result.best.label == "base"
 
 
 @pytest.mark.parametrize(
     "space, message",
-    [((), "1 to 8"), ((Dimension("temperature", 0, 1),) * 9, "1 to 8"),
-     ((Dimension("clarify_text", 0, 1),), "not a numeric"), ((Dimension("nope", 0, 1),), "not a numeric"),
-     ((Dimension("top_p", 0.5, 1.5),), "top_p=1.5"), ((Dimension("temperature", 1, 0),), "must not exceed")],
-)  # fmt: skip
-def test_bad_spaces(space, message: str) -> None:  # noqa: ANN001
+    [
+        ((), "1 to 8"),
+        ((Dimension("temperature", 0, 1),) * 9, "1 to 8"),
+        ((Dimension("clarify_text", 0, 1),), "not a numeric"),
+        ((Dimension("nope", 0, 1),), "not a numeric"),
+        ((Dimension("top_p", 0.5, 1.5),), "top_p=1.5"),
+        ((Dimension("temperature", 1, 0),), "must not exceed"),
+    ],
+)
+def test_bad_spaces(space, message: str) -> None:
     with pytest.raises(ValueError, match=message):
         check_space(space, BASE)
 
@@ -84,9 +96,16 @@ def test_budget_checks() -> None:
 
 
 def test_written_profile_reads_back_as_the_winner(tmp_path: Path) -> None:
-    result = tune(BASE, DEV[:30], colder_is_better, budget=Budget(candidates=4, rounds=2, questions=10), seed=3)  # fmt: skip
-    header = render_header(result, model="tiny", dev_file="dev.jsonl", date="2026-11-30",
-                           max_tokens=32, seeds=1)  # fmt: skip
+    result = tune(
+        BASE,
+        DEV[:30],
+        colder_is_better,
+        budget=Budget(candidates=4, rounds=2, questions=10),
+        seed=3,
+    )
+    header = render_header(
+        result, model="tiny", dev_file="dev.jsonl", date="2026-11-30", max_tokens=32, seeds=1
+    )
     assert "Search space" in header and "temperature in [0, 1]" in header and "Budget:" in header
     path = tmp_path / "tuned.toml"
     path.write_text(render_profile_toml(result.best.config, header, models=["tiny"]))
@@ -94,7 +113,7 @@ def test_written_profile_reads_back_as_the_winner(tmp_path: Path) -> None:
     assert load_profile("auto", model="tiny") != result.best.config  # packaged profiles only
 
 
-def test_tune_command_end_to_end(monkeypatch, capsys, tmp_path: Path) -> None:  # noqa: ANN001
+def test_tune_command_end_to_end(monkeypatch, capsys, tmp_path: Path) -> None:
     import json
 
     from checkpoints import make_tiny_checkpoint
@@ -106,15 +125,36 @@ def test_tune_command_end_to_end(monkeypatch, capsys, tmp_path: Path) -> None:  
     dev.write_text("".join(json.dumps(q) + "\n" for q in qs[:4]))
     held.write_text("".join(json.dumps(q) + "\n" for q in qs[4:]))
     out = tmp_path / "tuned.toml"
-    args = ["tune", "-o", str(out), "-m", str(tiny), "--dev", str(dev), "--heldout", str(held),
-            "--candidates", "2", "--rounds", "2", "--questions", "2", "--eta", "2", "-n", "3",
-            "--plain"]  # fmt: skip
+    args = [
+        "tune",
+        "-o",
+        str(out),
+        "-m",
+        str(tiny),
+        "--dev",
+        str(dev),
+        "--heldout",
+        str(held),
+        "--candidates",
+        "2",
+        "--rounds",
+        "2",
+        "--questions",
+        "2",
+        "--eta",
+        "2",
+        "-n",
+        "3",
+        "--plain",
+    ]
     code, stdout, stderr = run_main(monkeypatch, capsys, args)
     assert code == 0, stderr
     assert "round 1: 4 candidates on 2 dev questions" in stderr
     assert "round 2: 2 candidates on 4 dev questions" in stderr
     config = load_profile(str(out))
     text = out.read_text()
-    assert "Search space" in text and "Dev accuracy of this profile" in text and "tiny-llama" in text
+    assert (
+        "Search space" in text and "Dev accuracy of this profile" in text and "tiny-llama" in text
+    )
     assert config.profile == "tuned" and f"wrote {out}" in stdout.replace("\n", "")
     assert "held-out (2 questions)" in stdout and "tuned" in stdout.split("held-out")[1]

@@ -12,7 +12,7 @@ from typing import TYPE_CHECKING, Annotated, Any
 
 import typer
 
-from ..engine.config import SamplerConfig  # MLX-free
+from ..engine.config import SAMPLERS, SamplerConfig  # MLX-free
 from ..errors import EntropixError
 
 if TYPE_CHECKING:
@@ -48,7 +48,7 @@ SamplerOpt = Annotated[
     typer.Option(
         "--sampler",
         "-s",
-        help=f"entropix | greedy | sample | minp | edt | dynatemp | dslider. {SAMPLE_MEANS}; {SAMPLE_FLAGS}.",
+        help=f"{' | '.join(SAMPLERS)}. {SAMPLE_MEANS}; {SAMPLE_FLAGS}.",
     ),
 ]
 SeedOpt = Annotated[int | None, typer.Option("--seed", help="Make sampling reproducible.")]

@@ -139,7 +139,7 @@ def eval_(
             "--questions",
             "-q",
             **InFile,
-            help='JSONL, one {"question": …, "answer" | "number" | "regex": …} per line.',
+            help='JSONL: {"question": …, "answer" | "number" | "regex": …} per line.',
         ),
     ],
     samplers: Annotated[
@@ -178,7 +178,8 @@ def eval_(
     ] = None,
     plain: PlainOpt = False,
 ) -> None:
-    """Score samplers: accuracy [95 % CI], paired Δ vs greedy, tokens, tok/s, strategy mix."""
+    """Accuracy [95 % CI], paired Δ vs greedy, tokens, tok/s, strategy mix per sampler.
+    `sample` uses the profile's T0/k0/p0/m0, as everywhere."""
     from ..engine.sampler import STRATEGIES
     from ..lab.evaluate import Contender, load_questions
 
@@ -215,9 +216,15 @@ def _eval(path, questions, samplers, model, options, seeds, jsonl, plain) -> Non
     with JsonlWriter(jsonl) if jsonl else contextlib.nullcontext() as writer:
         # `sample` draws with the config's base parameters: `options.params`, as in every command.
         for answer in answer_questions(
-            mdl, tok, questions, samplers, config=config, max_tokens=max_tokens, seed=seed,
+            mdl,
+            tok,
+            questions,
+            samplers,
+            config=config,
+            max_tokens=max_tokens,
+            seed=seed,
             seeds=seeds,
-        ):  # fmt: skip
+        ):
             answers.append(answer)
             err.print(tables.answer_line(answer), no_wrap=True, overflow="ellipsis")
             if writer:
@@ -260,7 +267,8 @@ def tune(
     ],
     model: ModelOpt = None,
     dev: Annotated[
-        Path | None, typer.Option("--dev", **InFile, help="Dev questions (default: the packaged set).")
+        Path | None,
+        typer.Option("--dev", **InFile, help="Dev questions (default: the packaged set)."),
     ] = None,
     heldout: Annotated[
         Path | None,
@@ -278,7 +286,9 @@ def tune(
     seeds: Annotated[int, typer.Option("--seeds", "-k", min=1, help="Answers per question.")] = 1,
     max_tokens: Annotated[int, typer.Option("--max-tokens", "-n", min=1)] = 32,
     seed: Annotated[int, typer.Option("--seed", help="Seeds the search and every answer.")] = 0,
-    base: Annotated[str, typer.Option("--base", help="Profile the unsearched fields come from.")] = "reference",  # fmt: skip
+    base: Annotated[
+        str, typer.Option("--base", help="Profile the unsearched fields come from.")
+    ] = "reference",
     plain: PlainOpt = False,
 ) -> None:
     """Search ≤ 8 Entropix fields on the dev set (random search + successive halving), write the
@@ -295,8 +305,19 @@ def tune(
         held_items = load_questions(heldout or _packaged_split("heldout")) if report else []
     except (EntropixError, ValueError) as e:
         _fail(str(e))
-    run = (out, model, dev or _packaged_split("dev"), dev_items, held_items, budget, seeds,
-           max_tokens, seed, base_config, plain)  # fmt: skip
+    run = (
+        out,
+        model,
+        dev or _packaged_split("dev"),
+        dev_items,
+        held_items,
+        budget,
+        seeds,
+        max_tokens,
+        seed,
+        base_config,
+        plain,
+    )
     _guard(_tune, *run)
 
 
@@ -314,28 +335,56 @@ def _tune(out, model, dev_path, dev, heldout, budget, seeds, max_tokens, seed, b
     mdl, tok, info = _load(err, model)
     t0 = time.perf_counter()
 
-    def evaluate(config, questions):  # noqa: ANN001, ANN202
-        answers = answer_questions(mdl, tok, questions, ["entropix"], config=config,
-                                   max_tokens=max_tokens, seed=seed, seeds=seeds)  # fmt: skip
+    def evaluate(config, questions):
+        answers = answer_questions(
+            mdl,
+            tok,
+            questions,
+            ["entropix"],
+            config=config,
+            max_tokens=max_tokens,
+            seed=seed,
+            seeds=seeds,
+        )
         return question_scores(list(answers)).get("entropix", {})
 
-    def on_round(r: int, pool) -> None:  # noqa: ANN001
+    def on_round(r: int, pool) -> None:
         best = max(pool, key=lambda c: c.mean)
-        err.print(f"round {r + 1}: {len(pool)} candidates on {len(best.scores)} dev questions; "
-                  f"best {best.label} {100 * best.mean:.1f}% ({time.perf_counter() - t0:.0f} s)")  # fmt: skip
+        err.print(
+            f"round {r + 1}: {len(pool)} candidates on {len(best.scores)} dev questions; "
+            f"best {best.label} {100 * best.mean:.1f}% ({time.perf_counter() - t0:.0f} s)"
+        )
 
     result = run_tune(base, dev, evaluate, budget=budget, seed=seed, on_round=on_round)
-    header = render_header(result, model=info.name, dev_file=str(dev_path), max_tokens=max_tokens,
-                           date=datetime.date.today().isoformat(), seeds=seeds)  # fmt: skip
+    header = render_header(
+        result,
+        model=info.name,
+        dev_file=str(dev_path),
+        max_tokens=max_tokens,
+        date=datetime.date.today().isoformat(),
+        seeds=seeds,
+    )
     out.write_text(render_profile_toml(result.best.config, header, models=[info.name]), "utf-8")
     minutes = (time.perf_counter() - t0) / 60
-    console.print(f"wrote {out} (dev {result.dev.points()} %, {result.answers} question "
-                  f"evaluations, {minutes:.1f} min); use it with --profile {out}")  # fmt: skip
+    console.print(
+        f"wrote {out} (dev {result.dev.points()} %, {result.answers} question "
+        f"evaluations, {minutes:.1f} min); use it with --profile {out}"
+    )
     if not heldout:
         return
     config = result.best.config
     contenders = [Contender.named("greedy"), Contender("tuned", "entropix")]
-    answers = list(answer_questions(mdl, tok, heldout, contenders, config=config,
-                                    max_tokens=max_tokens, seed=seed, seeds=seeds))  # fmt: skip
+    answers = list(
+        answer_questions(
+            mdl,
+            tok,
+            heldout,
+            contenders,
+            config=config,
+            max_tokens=max_tokens,
+            seed=seed,
+            seeds=seeds,
+        )
+    )
     console.print(f"held-out ({len(heldout)} questions), the tuned profile against greedy:")
     console.print(tables.eval_table(tally(answers), bar=console.color_system is not None))

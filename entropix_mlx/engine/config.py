@@ -18,7 +18,9 @@ from typing import Any
 from ..errors import EntropixError
 
 SAMPLERS = ("entropix", "greedy", "sample", "minp", "edt", "dynatemp", "dslider")
-RIVALS = SAMPLERS[3:]  # the other adaptive samplers the lab compares Entropix with (docs/samplers.md)
+RIVALS = SAMPLERS[
+    3:
+]  # the other adaptive samplers the lab compares Entropix with (docs/samplers.md)
 # The §2 quadrants, least to most uncertain: the one order every table, bar and legend uses.
 QUADRANTS = ("LELV", "MID", "LEHV", "HELV", "HEHV")
 ATTENTION_LAYERS = ("all", "last")  # whose attention the metrics read: every layer or the final one

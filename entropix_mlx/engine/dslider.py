@@ -143,7 +143,12 @@ def trigamma(x: np.ndarray) -> np.ndarray:
         acc += r * r
     y = x + 6.0
     inv, inv2 = 1.0 / y, 1.0 / (y * y)
-    return acc + inv + 0.5 * inv2 + inv * inv2 * (1 / 6 - inv2 * (1 / 30 - inv2 * (1 / 42 - inv2 / 30)))  # fmt: skip
+    return (
+        acc
+        + inv
+        + 0.5 * inv2
+        + inv * inv2 * (1 / 6 - inv2 * (1 / 30 - inv2 * (1 / 42 - inv2 / 30)))
+    )
 
 
 def inv_digamma(y: np.ndarray, x0: np.ndarray | None = None, tol: float = 1e-12) -> np.ndarray:
@@ -272,7 +277,10 @@ def fit_dirichlet(target: np.ndarray, init: np.ndarray | None = None) -> np.ndar
             break
         lo, hi = (u, hi) if h > 0 else (lo, u)
         S = math.exp(u)
-        slope = S * float(trigamma(np.float64(S))) * float(np.sum(1.0 / trigamma(a))) / float(np.sum(a)) - 1.0  # fmt: skip
+        slope = (
+            S * float(trigamma(np.float64(S))) * float(np.sum(1.0 / trigamma(a))) / float(np.sum(a))
+            - 1.0
+        )
         nxt = u - h / slope if slope < 0 else 0.5 * (lo + hi)
         nxt = nxt if lo < nxt < hi else 0.5 * (lo + hi)
         if abs(nxt - u) > 0.5:
@@ -334,10 +342,17 @@ def step(
     banned = ~np.isfinite(logits)  # fix 7: a token masked to −inf stays out of every choice
     naked = normalize(logits, cfg.noise_floor)
     naked_ent, naked_varent = ent_varent(naked)
-    state_ent = np.array([s.token_cross_ent_scaffold, s.token_cross_ent_naked,
-                          s.emwa_ent_scaffold, s.emwa_ent_naked])  # fmt: skip
-    state_std = np.sqrt([s.token_cross_var_scaffold, s.token_cross_var_naked,
-                         s.emwa_varent_scaffold, s.emwa_varent_naked])  # fmt: skip
+    state_ent = np.array(
+        [s.token_cross_ent_scaffold, s.token_cross_ent_naked, s.emwa_ent_scaffold, s.emwa_ent_naked]
+    )
+    state_std = np.sqrt(
+        [
+            s.token_cross_var_scaffold,
+            s.token_cross_var_naked,
+            s.emwa_varent_scaffold,
+            s.emwa_varent_naked,
+        ]
+    )
     score = outlier_score(state_ent, state_std, naked_ent, naked_varent, cfg)
     outlier = score > 0
 
@@ -345,12 +360,18 @@ def step(
     top = _topk(np.where(banned, -np.inf, naked), cfg.outlier_topk)
     topk_lp = normalize(naked[top], cfg.noise_floor)
     topk_ent, _ = ent_varent(topk_lp)
-    argmax_now = not outlier and topk_ent < cfg.argmax_weight * s.emwa_topk_ent_naked + cfg.argmax_bias  # fmt: skip
+    argmax_now = (
+        not outlier and topk_ent < cfg.argmax_weight * s.emwa_topk_ent_naked + cfg.argmax_bias
+    )
     inlier_temp = temp_tune(topk_lp, s.emwa_topk_ent_naked, cfg.temp_tune_iters)
-    inlier_token = int(top[_categorical(np.where(banned[top], -np.inf, topk_lp / inlier_temp), rng)])
+    inlier_token = int(
+        top[_categorical(np.where(banned[top], -np.inf, topk_lp / inlier_temp), rng)]
+    )
 
     # Outliers: tune the temperature to a target entropy, move the EMWA of log p, refit α.
-    target = cfg.target_linear * state_ent.sum() + cfg.target_inv_temp / s.emwa_temp + cfg.target_bias  # fmt: skip
+    target = (
+        cfg.target_linear * state_ent.sum() + cfg.target_inv_temp / s.emwa_temp + cfg.target_bias
+    )
     temp = temp_tune(naked, target, cfg.temp_tune_iters)
     tuned = normalize(naked / min(max(temp, MIN_TEMP), MAX_TEMP), cfg.noise_floor)
     on_supp = normalize(tuned, cfg.noise_floor)
@@ -359,7 +380,9 @@ def step(
     new_logp = emwa(on_supp, s.emwa_logp_on_supp, logp_coeff)
     new_dir = fit_dirichlet(new_logp, s.emwa_dir)
     neg_loglik = -dirichlet_log_likelihood(on_supp, s.emwa_dir)
-    use_dirichlet = outlier and neg_loglik < cfg.dirichlet_weight * s.emwa_dir_ent + cfg.dirichlet_bias  # fmt: skip
+    use_dirichlet = (
+        outlier and neg_loglik < cfg.dirichlet_weight * s.emwa_dir_ent + cfg.dirichlet_bias
+    )
     gammas = rng.gamma(new_dir)
     dir_probs = gammas / gammas.sum()
     kl_dir = float(np.sum(dir_probs * (np.log(dir_probs + EPS) - on_supp)))
@@ -387,13 +410,21 @@ def step(
         emwa_temp=emwa(temp, s.emwa_temp, cfg.emwa_temp_coeff),
         emwa_ent_scaffold=emwa(scaffold_ent, s.emwa_ent_scaffold, cfg.emwa_ent_scaffold_coeff),
         emwa_ent_naked=emwa(naked_ent, s.emwa_ent_naked, cfg.emwa_ent_naked_coeff),
-        emwa_varent_scaffold=emwa(scaffold_varent, s.emwa_varent_scaffold, cfg.emwa_varent_scaffold_coeff),  # fmt: skip
+        emwa_varent_scaffold=emwa(
+            scaffold_varent, s.emwa_varent_scaffold, cfg.emwa_varent_scaffold_coeff
+        ),
         emwa_varent_naked=emwa(naked_varent, s.emwa_varent_naked, cfg.emwa_varent_naked_coeff),
         token_cross_ent_scaffold=tce_s,
         token_cross_ent_naked=tce_n,
         # fix 2: the deviation of the surprisal from its EMWA, squared
-        token_cross_var_scaffold=emwa((-scaffold_lp - tce_s) ** 2, s.token_cross_var_scaffold, cfg.token_cross_var_scaffold_coeff),  # fmt: skip
-        token_cross_var_naked=emwa((-naked_lp - tce_n) ** 2, s.token_cross_var_naked, cfg.token_cross_var_naked_coeff),  # fmt: skip
+        token_cross_var_scaffold=emwa(
+            (-scaffold_lp - tce_s) ** 2,
+            s.token_cross_var_scaffold,
+            cfg.token_cross_var_scaffold_coeff,
+        ),
+        token_cross_var_naked=emwa(
+            (-naked_lp - tce_n) ** 2, s.token_cross_var_naked, cfg.token_cross_var_naked_coeff
+        ),
         emwa_dir_ent=emwa(neg_loglik, s.emwa_dir_ent, cfg.emwa_dir_ent_coeff),
         emwa_topk_ent_naked=emwa(topk_ent, s.emwa_topk_ent_naked, cfg.emwa_topk_ent_naked_coeff),
     )

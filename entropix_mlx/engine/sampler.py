@@ -185,7 +185,9 @@ class Decision:
     token: mx.array | None  # lazy int32 scalar; None when `inserted` is non-empty
     inserted: tuple[int, ...]  # clarify-text ids to insert instead of sampling
     quadrant: str  # LELV HELV LEHV HEHV MID, from the metrics whatever the sampler
-    strategy: str  # argmax clarify explore resample adaptive | greedy sample minp edt dynatemp | ds-…
+    strategy: (
+        str  # argmax clarify explore resample adaptive | greedy sample minp edt dynatemp | ds-…
+    )
     params: SamplingParams  # what was used; for an insertion, what clarify samples with next
 
 

@@ -26,6 +26,7 @@ from pathlib import Path
 from typing import Any
 
 from ..errors import EntropixError
+from ..tokenize.chat_template import chat_messages
 from .stats import (
     N_BOOT,
     Interval,
@@ -264,8 +265,18 @@ class SamplerScore:
 
     def record(self) -> dict[str, Any]:
         """The row as the eval JSONL's summary stores it."""
-        names = ("sampler", "questions", "answers", "correct", "accuracy", "mean_tokens",
-                 "tokens_per_second", "finish_reasons", "strategies", "quadrants")  # fmt: skip
+        names = (
+            "sampler",
+            "questions",
+            "answers",
+            "correct",
+            "accuracy",
+            "mean_tokens",
+            "tokens_per_second",
+            "finish_reasons",
+            "strategies",
+            "quadrants",
+        )
         return {n: getattr(self, n) for n in names} | {
             "accuracy_ci": _interval(self.accuracy_ci),
             "diff_vs_baseline": _interval(self.diff_ci),

@@ -5,8 +5,9 @@ Both sets are generated once by this module and shipped as package data (lab/dat
 regenerates them, so a change to a template (or to Python's `random`) shows up as a diff.
 
 The problems are short on purpose (one or two steps, numbers mostly below 20): SmolLM2-135M
-gets some of them right (it failed 20 of 20 with two-digit operands), so that a sampler can make the score visibly better or worse. Every answer is
-a whole number, scored by `evaluate.score` with `"number"` (the last number in the answer).
+gets some of them right (it failed 20 of 20 with two-digit operands), so that a sampler can make
+the score visibly better or worse. Every answer is a whole number, scored by `evaluate.score`
+with `"number"` (the last number in the answer).
 `held-out` never repeats a `dev` question, and neither repeats a hand-written one.
 """
 
@@ -27,9 +28,15 @@ WORD_SUFFIX = " End with the final number."
 
 NAMES = ("Sam", "Ana", "Ben", "Mia", "Leo", "Zoe", "Tom", "Ivy", "Max", "Eva", "Raj", "Kim")
 ITEMS = (
-    ("apple", "apples"), ("pencil", "pencils"), ("marble", "marbles"), ("sticker", "stickers"),
-    ("book", "books"), ("cookie", "cookies"), ("card", "cards"), ("stamp", "stamps"),
-)  # fmt: skip
+    ("apple", "apples"),
+    ("pencil", "pencils"),
+    ("marble", "marbles"),
+    ("sticker", "stickers"),
+    ("book", "books"),
+    ("cookie", "cookies"),
+    ("card", "cards"),
+    ("stamp", "stamps"),
+)
 PRICED = (("pen", "pens"), ("notebook", "notebooks"), ("ticket", "tickets"), ("cup", "cups"))
 Problem = tuple[str, int, str]  # question text (without suffix), answer, category
 
@@ -83,24 +90,35 @@ def _gives_away(r: random.Random) -> Problem:
     who, (_, items) = r.choice(NAMES), r.choice(ITEMS)
     a = r.randint(5, 20)
     b = r.randint(1, min(a - 1, 10))
-    return f"{who} has {a} {items} and gives away {b}. How many {items} are left?", a - b, "word problem"  # fmt: skip
+    return (
+        f"{who} has {a} {items} and gives away {b}. How many {items} are left?",
+        a - b,
+        "word problem",
+    )
 
 
 def _bags(r: random.Random) -> Problem:
     who, (_, items) = r.choice(NAMES), r.choice(ITEMS)
     n, k = r.randint(2, 5), r.randint(2, 6)
     if r.random() < 0.5:
-        text = f"{who} has {n} bags with {k} {items} in each bag. How many {items} are there in total?"
+        text = (
+            f"{who} has {n} bags with {k} {items} in each bag. How many {items} are there in total?"
+        )
         return text, n * k, "word problem"
     e = r.randint(1, n * k - 1)
-    text = (f"{who} has {n} bags with {k} {items} in each bag and loses {e} of them. "
-            f"How many {items} are left?")  # fmt: skip
+    text = (
+        f"{who} has {n} bags with {k} {items} in each bag and loses {e} of them. "
+        f"How many {items} are left?"
+    )
     return text, n * k - e, "word problem"
 
 
 def _share(r: random.Random) -> Problem:
     (_, items), kids, each = r.choice(ITEMS), r.randint(2, 5), r.randint(2, 6)
-    text = f"{kids * each} {items} are shared equally among {kids} children. How many does each child get?"  # fmt: skip
+    text = (
+        f"{kids * each} {items} are shared equally among {kids} children. "
+        "How many does each child get?"
+    )
     return text, each, "word problem"
 
 
@@ -111,14 +129,19 @@ def _shopping(r: random.Random) -> Problem:
     if r.random() < 0.5:
         text = f"A {one} costs ${p}. How much do {n} {many} cost in dollars?"
         return text, n * p, "word problem"
-    text = (f"A {one} costs ${p} and a {one2} costs ${q}. "
-            f"How much do {n} {many} and {m} {one2 if m == 1 else many2} cost in dollars?")  # fmt: skip
+    text = (
+        f"A {one} costs ${p} and a {one2} costs ${q}. "
+        f"How much do {n} {many} and {m} {one2 if m == 1 else many2} cost in dollars?"
+    )
     return text, n * p + m * q, "word problem"
 
 
 def _distance(r: random.Random) -> Problem:
     speed, hours = 10 * r.randint(2, 9), r.randint(2, 3)
-    text = f"A car drives at {speed} km per hour for {hours} hours. How many kilometres does it travel?"  # fmt: skip
+    text = (
+        f"A car drives at {speed} km per hour for {hours} hours. "
+        "How many kilometres does it travel?"
+    )
     return text, speed * hours, "word problem"
 
 
@@ -126,23 +149,46 @@ def _ages(r: random.Random) -> Problem:
     a, b = r.sample(NAMES, 2)
     age, diff = r.randint(5, 20), r.randint(2, 10)
     if r.random() < 0.5:
-        return f"{a} is {age} years old. {b} is {diff} years older. How old is {b}?", age + diff, "word problem"  # fmt: skip
+        return (
+            f"{a} is {age} years old. {b} is {diff} years older. How old is {b}?",
+            age + diff,
+            "word problem",
+        )
     age = max(age, diff + 1)
-    return f"{a} is {age} years old. {b} is {diff} years younger. How old is {b}?", age - diff, "word problem"  # fmt: skip
+    return (
+        f"{a} is {age} years old. {b} is {diff} years younger. How old is {b}?",
+        age - diff,
+        "word problem",
+    )
 
 
 def _change(r: random.Random) -> Problem:
     who, (one, _) = r.choice(NAMES), r.choice(PRICED)
     price = r.randint(1, 9)
     paid = r.choice([n for n in (5, 10, 20) if n > price] or [20])
-    text = f"{who} buys a {one} for ${price} and pays with ${paid}. How much change in dollars does {who} get?"  # fmt: skip
+    text = (
+        f"{who} buys a {one} for ${price} and pays with ${paid}. "
+        f"How much change in dollars does {who} get?"
+    )
     return text, paid - price, "word problem"
 
 
 TEMPLATES: tuple[Callable[[random.Random], Problem], ...] = (
-    _add, _sub, _mul, _div, _half_double, _two_ops,
-    _gets_more, _gives_away, _bags, _share, _shopping, _distance, _ages, _change,
-)  # fmt: skip
+    _add,
+    _sub,
+    _mul,
+    _div,
+    _half_double,
+    _two_ops,
+    _gets_more,
+    _gives_away,
+    _bags,
+    _share,
+    _shopping,
+    _distance,
+    _ages,
+    _change,
+)
 
 
 def _problems(seed: int) -> Iterable[Problem]:
@@ -151,7 +197,9 @@ def _problems(seed: int) -> Iterable[Problem]:
         yield r.choice(TEMPLATES)(r)
 
 
-def generate_split(split: str, *, exclude: Iterable[str] = (), size: int = SIZE) -> list[dict[str, Any]]:  # fmt: skip
+def generate_split(
+    split: str, *, exclude: Iterable[str] = (), size: int = SIZE
+) -> list[dict[str, Any]]:
     """`size` distinct questions of one split, none of whose text is in `exclude`."""
     if split not in SPLITS:
         raise ValueError(f"split {split!r} is not one of {', '.join(SPLITS)}")
@@ -161,8 +209,14 @@ def generate_split(split: str, *, exclude: Iterable[str] = (), size: int = SIZE)
             continue
         seen.add(text)
         suffix = ARITHMETIC_SUFFIX if category == "arithmetic" else WORD_SUFFIX
-        items.append({"id": f"{PREFIX[split]}-{len(items) + 1:04d}", "category": category,
-                      "question": text + suffix, "number": answer})  # fmt: skip
+        items.append(
+            {
+                "id": f"{PREFIX[split]}-{len(items) + 1:04d}",
+                "category": category,
+                "question": text + suffix,
+                "number": answer,
+            }
+        )
         if len(items) == size:
             return items
     raise AssertionError("unreachable: the generator is endless")
@@ -203,15 +257,18 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--write", action="store_true", help="rewrite lab/data/{dev,heldout}.jsonl")
     args = parser.parse_args(argv)
     splits = generate_all(hand_written_questions())
-    stale = [s for s, items in splits.items()
-             if not split_path(s).is_file() or split_path(s).read_text("utf-8") != render_jsonl(items)]  # fmt: skip
+    stale = [
+        s
+        for s, items in splits.items()
+        if not split_path(s).is_file() or split_path(s).read_text("utf-8") != render_jsonl(items)
+    ]
     if args.write:
         DATA_DIR.mkdir(exist_ok=True)
         for split, items in splits.items():
             split_path(split).write_text(render_jsonl(items), encoding="utf-8")
-        print(f"wrote {', '.join(str(split_path(s)) for s in splits)}")  # noqa: T201 - a script
+        print(f"wrote {', '.join(str(split_path(s)) for s in splits)}")
         return 0
-    print("up to date" if not stale else f"stale: {', '.join(stale)}; run with --write")  # noqa: T201
+    print("up to date" if not stale else f"stale: {', '.join(stale)}; run with --write")
     return 1 if stale else 0
 
 

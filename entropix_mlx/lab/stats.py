@@ -37,14 +37,20 @@ class Interval:
 def _checked(values: Sequence[float] | np.ndarray, what: str) -> np.ndarray:
     x = np.asarray(values, dtype=np.float64)
     if x.ndim != 1 or x.size == 0:
-        raise ValueError(f"{what}: need a non-empty list of per-question scores, got shape {x.shape}")
+        raise ValueError(
+            f"{what}: need a non-empty list of per-question scores, got shape {x.shape}"
+        )
     if not np.isfinite(x).all():
         raise ValueError(f"{what}: per-question scores must be finite numbers")
     return x
 
 
 def bootstrap_mean(
-    values: Sequence[float] | np.ndarray, *, n_boot: int = N_BOOT, level: float = LEVEL, seed: int = 0
+    values: Sequence[float] | np.ndarray,
+    *,
+    n_boot: int = N_BOOT,
+    level: float = LEVEL,
+    seed: int = 0,
 ) -> Interval:
     """The mean of `values` (one per question) with a percentile-bootstrap CI over questions."""
     if not 0.0 < level < 1.0:
@@ -73,7 +79,9 @@ def accuracy(
     scores: Mapping[str, float], *, n_boot: int = N_BOOT, level: float = LEVEL, seed: int = 0
 ) -> Interval:
     """Accuracy over questions (`per_question` scores) with its CI, questions in id order."""
-    return bootstrap_mean([scores[q] for q in sorted(scores)], n_boot=n_boot, level=level, seed=seed)
+    return bootstrap_mean(
+        [scores[q] for q in sorted(scores)], n_boot=n_boot, level=level, seed=seed
+    )
 
 
 def paired_difference(
@@ -90,7 +98,9 @@ def paired_difference(
     """
     if set(a) != set(b):
         only = sorted(set(a) ^ set(b))
-        raise ValueError(f"paired difference needs the same questions; {len(only)} differ, e.g. {only[0]!r}")  # fmt: skip
+        raise ValueError(
+            f"paired difference needs the same questions; {len(only)} differ, e.g. {only[0]!r}"
+        )
     ids = sorted(a)
     diff = np.asarray([a[q] for q in ids]) - np.asarray([b[q] for q in ids])
     return bootstrap_mean(diff, n_boot=n_boot, level=level, seed=seed)

@@ -101,7 +101,9 @@ def check_space(space: Sequence[Dimension], base: SamplerConfig) -> None:
         replace(base, **{d.name: kinds[d.name](d.hi)})
 
 
-def random_config(base: SamplerConfig, space: Sequence[Dimension], rng: random.Random) -> SamplerConfig:  # fmt: skip
+def random_config(
+    base: SamplerConfig, space: Sequence[Dimension], rng: random.Random
+) -> SamplerConfig:
     kinds = {f.name: type(f.default) for f in fields(base)}
     changes: dict[str, Any] = {}
     for d in space:
@@ -112,7 +114,9 @@ def random_config(base: SamplerConfig, space: Sequence[Dimension], rng: random.R
     return replace(base, **changes)
 
 
-def candidates(base: SamplerConfig, space: Sequence[Dimension], n: int, seed: int) -> list[Candidate]:  # fmt: skip
+def candidates(
+    base: SamplerConfig, space: Sequence[Dimension], n: int, seed: int
+) -> list[Candidate]:
     """The base, the greedy-like point (its searched fields only), then n random points."""
     searched = {d.name for d in space}
     greedy = replace(base, **{k: v for k, v in GREEDY_LIKE.items() if k in searched})
@@ -158,15 +162,17 @@ def tune(
     return TuneResult(best, accuracy(best.scores), history, spent, tuple(space), budget, seed)
 
 
-def render_header(result: TuneResult, *, model: str, dev_file: str, date: str, max_tokens: int,
-                  seeds: int) -> str:  # fmt: skip
+def render_header(
+    result: TuneResult, *, model: str, dev_file: str, date: str, max_tokens: int, seeds: int
+) -> str:
     """The tuned profile's comment header: what was searched, on what, and what it scored."""
     b = result.budget
     lines = [
         f"Sampler profile tuned for {model} by `entropix tune` on {date}.",
         f"Dev set: {dev_file}; {len(result.best.scores)} questions for the winner "
         f"({seeds} seed(s) each, {max_tokens} tokens max).",
-        f"Dev accuracy of this profile: {result.dev.points()} % (95 % bootstrap CI over questions).",
+        f"Dev accuracy of this profile: {result.dev.points()} % "
+        "(95 % bootstrap CI over questions).",
         f"Winner: {result.best.label}. Seed {result.seed}.",
         f"Budget: {b.candidates} random candidates + base + greedy-like, {b.rounds} rounds of "
         f"successive halving (eta {b.eta}, {b.questions} questions in round 1); "
@@ -177,11 +183,16 @@ def render_header(result: TuneResult, *, model: str, dev_file: str, date: str, m
     ]
     for r, row in enumerate(result.rounds):
         best = sorted(row, key=lambda t: -t[2])[:4]
-        lines.append(f"  {r + 1}: " + ", ".join(f"{label} {n}q {100 * m:.1f}%" for label, n, m in best))
+        lines.append(
+            f"  {r + 1}: " + ", ".join(f"{label} {n}q {100 * m:.1f}%" for label, n, m in best)
+        )
     lines.append("Every field not searched is copied from the base profile.")
     return "\n".join(lines)
 
 
 def changed_fields(config: SamplerConfig, base: SamplerConfig) -> Mapping[str, Any]:
-    return {f.name: getattr(config, f.name) for f in fields(config)
-            if getattr(config, f.name) != getattr(base, f.name)}  # fmt: skip
+    return {
+        f.name: getattr(config, f.name)
+        for f in fields(config)
+        if getattr(config, f.name) != getattr(base, f.name)
+    }

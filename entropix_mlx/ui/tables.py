@@ -57,7 +57,9 @@ def eval_table(rows: list[SamplerScore], *, bar: bool = True) -> Table:
         # The rest hit --max-tokens (or the context): the JSONL has every finish reason.
         finish = f"{100 * r.finish_reasons.get('stop', 0) / max(r.answers, 1):.0f}"
         # A plain sampler has one strategy; its quadrant mix says what Entropix would have seen.
-        counts = (r.strategies,) if r.sampler.startswith("entropix") else (r.strategies, r.quadrants)
+        counts = (
+            (r.strategies,) if r.sampler.startswith("entropix") else (r.strategies, r.quadrants)
+        )
         table.add_row(
             r.sampler,
             accuracy,
