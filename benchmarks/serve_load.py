@@ -22,6 +22,7 @@ import socket
 import statistics
 import subprocess
 import sys
+import tempfile
 import time
 from pathlib import Path
 
@@ -44,7 +45,7 @@ def rss_mib(pid: int) -> float:
     return float("nan")
 
 
-def start_server(args: argparse.Namespace, port: int) -> subprocess.Popen:
+def start_server(args: argparse.Namespace, port: int, log: Path) -> subprocess.Popen:
     entropix = Path(sys.executable).parent / "entropix"
     cmd = [
         str(entropix),
@@ -62,15 +63,17 @@ def start_server(args: argparse.Namespace, port: int) -> subprocess.Popen:
     ]
     if args.model:
         cmd += ["--model", args.model]
-    return subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+    # The log goes to a file: an unread pipe fills after ~400 request lines and blocks the server.
+    with log.open("w") as out:
+        return subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=out)
 
 
-async def wait_ready(url: str, proc: subprocess.Popen, timeout: float = 300) -> None:
+async def wait_ready(url: str, proc: subprocess.Popen, log: Path, timeout: float = 300) -> None:
     deadline = time.monotonic() + timeout
     async with httpx.AsyncClient() as client:
         while time.monotonic() < deadline:
             if proc.poll() is not None:
-                raise SystemExit(f"the server exited: {proc.stderr.read()}")
+                raise SystemExit(f"the server exited: {log.read_text()}")
             try:
                 if (await client.get(url + "/health")).status_code == 200:
                     return
@@ -183,15 +186,16 @@ def main() -> None:
 
     port = free_port()
     url = f"http://{HOST}:{port}"
-    proc = start_server(args, port)
+    log = Path(tempfile.mkdtemp(prefix="serve_load_")) / "server.log"
+    proc = start_server(args, port, log)
     try:
-        asyncio.run(wait_ready(url, proc))
+        asyncio.run(wait_ready(url, proc, log))
         load = Load(url, args, proc.pid)
         wall = asyncio.run(load.run())
-        props = httpx.get(url + "/props").json()
+        props = httpx.get(url + "/props", timeout=30).json()
     finally:
         proc.terminate()
-        proc.wait(30)
+        proc.wait(60)
     rss = [m for _, m in load.rss]
     half = len(rss) // 2
     print(
@@ -213,7 +217,7 @@ def main() -> None:
             f"           max first half {first:.0f} MiB · second half {second:.0f} MiB"
             f" · growth {second - first:+.0f} MiB"
         )
-    print(f"server     completed {props['completed']} · cancelled {props['cancelled']}")
+    print(f"server     completed {props['completed']} · cancelled {props['cancelled']} · log {log}")
     sys.exit(1 if load.errors else 0)
 
 
