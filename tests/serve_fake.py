@@ -87,14 +87,15 @@ class FakeEngine:
 
     def script(self, job: Job) -> list[tuple[int, bool]]:
         """(token id, inserted) for the whole answer, from the seed and the prompt."""
-        rng = random.Random(hash((job.seed, tuple(job.ids))) if job.sampler != "greedy" else 0)
+        opts = job.options
+        rng = random.Random(hash((opts.seed, tuple(job.ids))) if opts.sampler != "greedy" else 0)
         words = [WORD0 + rng.randrange(len(WORDS)) for _ in range(3)]
         e_acute = list("é".encode())  # two byte tokens: the first completes no text
         body = [(w, False) for w in words[:1]] + [(b, False) for b in e_acute]
         body += [(CLARIFY[0], True), (CLARIFY[1], True)]
         body += [(w, False) for w in words[1:]]
         filler = [(WORD0 + rng.randrange(len(WORDS)), False) for _ in range(10_000)]
-        return body + [(EOT, False)] + filler if job.max_tokens < 1000 else body + filler
+        return body + [(EOT, False)] + filler if opts.max_tokens < 1000 else body + filler
 
     def stream(self, job: Job, cancel: threading.Event, notify: Notify) -> Iterator[TokenEvent]:
         self.jobs.append(job)
@@ -127,14 +128,22 @@ class FakeEngine:
                 raise RuntimeError("scripted failure")
             at_eot = token == EOT
             piece, hit = ("", False) if at_eot else text.push(token)
-            finish = "stop" if at_eot or hit else "length" if index + 1 >= job.max_tokens else None
+            finish = (
+                "stop"
+                if at_eot or hit
+                else "length"
+                if index + 1 >= job.options.max_tokens
+                else None
+            )
             if finish is not None and not hit:
                 piece += text.flush()
             second_inserted = inserted and token == CLARIFY[1]
             lp = math.nan if second_inserted else -0.1 * (index % 5) - 0.05
             top = self._top(token, lp, job.top_logprobs) if not second_inserted else ()
             strategy = (
-                "greedy" if job.sampler == "greedy" else ("clarify" if inserted else "argmax")
+                "greedy"
+                if job.options.sampler == "greedy"
+                else ("clarify" if inserted else "argmax")
             )
             made.append(token)
             layer.offset += 1

@@ -828,7 +828,7 @@ def test_queue_full_is_429_and_a_queued_job_that_leaves_never_runs():
                 assert e.value.body["type"] == "server_busy"
             assert _wait(lambda: _props(bg.url)["queued"] == 0 and _props(bg.url)["cancelled"] == 1)
         assert _wait(lambda: _props(bg.url)["cancelled"] == 2)
-        assert [j.seed for j in engine.jobs] == [1]  # the queued job never started
+        assert [j.options.seed for j in engine.jobs] == [1]  # the queued job never started
     finally:
         bg.stop()
 

@@ -15,6 +15,7 @@ from typer.testing import CliRunner
 
 from entropix_mlx import cli
 from entropix_mlx.engine.config import SamplerConfig
+from entropix_mlx.engine.options import decoding_options
 from entropix_mlx.engine.records import read_run
 from entropix_mlx.serve.app import Server, Settings
 from entropix_mlx.serve.engine import Cancelled, Job
@@ -159,7 +160,7 @@ def test_raw_http_completion(real):
 def test_slot_stays_consistent_after_a_cancel(smollm2_gguf: Path):
     engine = load_engine(str(smollm2_gguf), cache_slots=1)
     ids = tuple(engine.tokenizer.apply_chat_template(Q))
-    job = Job(ids, "greedy", SamplerConfig(), None, N, 0)
+    job = Job(ids, decoding_options("greedy", SamplerConfig(), max_tokens=N, seed=0))
     cancel = threading.Event()
     stream = engine.stream(job, cancel, lambda *a: None)
     made = [next(stream).token_id, next(stream).token_id]

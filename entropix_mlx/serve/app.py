@@ -11,7 +11,6 @@ from __future__ import annotations
 import asyncio
 import hashlib
 import json
-import os
 import secrets
 import time
 from collections import Counter
@@ -32,6 +31,7 @@ from starlette.staticfiles import StaticFiles
 from starlette.types import Receive, Scope, Send
 
 from ..engine.config import AUTO_PROFILE, SamplerConfig, load_profile
+from ..engine.options import DecodingOptions, decoding_options
 from ..engine.records import JsonlWriter, event_record
 from ..errors import EntropixError
 from .engine import Engine, Job, describe, prompt_ids
@@ -76,12 +76,13 @@ def _version() -> str:
         return "0"
 
 
-def fingerprint(engine: Engine, sampler: str, config: SamplerConfig, params: Any) -> str:
-    """Package version, model, layout, device and sampling settings: equal fingerprints, seeds
-    and prompts give equal tokens."""
+def fingerprint(engine: Engine, options: DecodingOptions) -> str:
+    """Package version, model, layout, device and sampling settings (not the seed or token
+    budget): equal fingerprints, seeds and prompts give equal tokens."""
     info = engine.info
-    params = params if sampler == "sample" else None  # the others never read them
-    key = [_version(), info.name, info.layout, info.device, sampler, asdict(config), params]
+    params = options.params if options.sampler == "sample" else None  # the others ignore them
+    config = asdict(options.config)
+    key = [_version(), info.name, info.layout, info.device, options.sampler, config, params]
     return (
         "fp_"
         + hashlib.sha256(json.dumps(key, default=str, sort_keys=True).encode()).hexdigest()[:12]
@@ -254,9 +255,9 @@ class Server:
             raise unavailable(self.worker)
         return self.worker.engine
 
-    def _sampling(self, req: GenRequest, engine: Engine) -> tuple[str, SamplerConfig, Any]:
-        from ..engine.sampler import SamplingParams
-
+    def _options(self, req: GenRequest, engine: Engine) -> DecodingOptions:
+        """The request's decoding options, built as every command builds them: `sample` draws
+        with the profile's base parameters unless the request gives its own."""
         ext = req.extension
         sampler = ext.sampler or self.settings.sampler
         config = self.settings.config
@@ -283,13 +284,25 @@ class Server:
                 raise bad(
                     f"entropix.set.{name}" if name else "entropix.set", f"entropix.set: {e}"
                 ) from None
-        params = SamplingParams(req.temperature, req.top_k, req.top_p, req.min_p)
-        return sampler, config, params
+        seed = req.seed % 2**64 if req.seed is not None else None  # mx.random.key: 0 … 2⁶⁴−1
+        try:
+            return decoding_options(
+                sampler,
+                config,
+                max_tokens=req.max_tokens,
+                seed=seed,
+                temperature=req.temperature,
+                top_k=req.top_k,
+                top_p=req.top_p,
+                min_p=req.min_p,
+            )
+        except ValueError as e:
+            raise bad(None, f"{e}; fix the sampling parameters") from None
 
     def _prepare(self, req: GenRequest) -> tuple[Engine, Job, dict[str, Any]]:
         """Tokenize and check a request against the model: the job and its summary context."""
         engine = self._engine()
-        sampler, config, params = self._sampling(req, engine)
+        options = self._options(req, engine)
         try:
             ids = prompt_ids(engine, req.kind, req.messages, req.prompt)
         except EntropixError as e:
@@ -302,28 +315,13 @@ class Server:
                 f"tokens but the model's context is {n_ctx}; shorten it",
                 "context_length_exceeded",
             )
-        seed = req.seed % 2**64 if req.seed is not None else int.from_bytes(os.urandom(4), "little")
         top = req.top_logprobs if req.logprobs else 0
-        job = Job(
-            tuple(ids),
-            sampler,
-            config,
-            params,
-            req.max_tokens,
-            seed,
-            req.stop,
-            top,
-            req.extension.cache_prompt,
-        )
+        job = Job(tuple(ids), options, req.stop, top, req.extension.cache_prompt)
         context = {
             "model": engine.info.name,
             "model_path": engine.info.path,
             "device": engine.info.device,
-            "seed": seed,
-            "sampler": sampler,
-            "config": config,
-            "params": params,
-            "max_tokens": req.max_tokens,
+            **options.generate_kwargs(),
             "stop": list(req.stop),
         }
         context |= _recipe(req)
@@ -352,7 +350,7 @@ class Server:
             kind=req.kind,
             id=rid,
             model=engine.info.name,
-            fingerprint=fingerprint(engine, job.sampler, job.config, job.params),
+            fingerprint=fingerprint(engine, job.options),
             stop_ids=engine.stop_ids,
             token_bytes=engine.token_bytes,
             logprobs=req.logprobs,
@@ -404,6 +402,9 @@ class Server:
             return error_response(unavailable(self.worker))
         return json_response({"status": "ok"})
 
+    def _default_options(self) -> DecodingOptions:
+        return decoding_options(self.settings.sampler, self.settings.config, max_tokens=1, seed=0)
+
     async def props(self, request: Request) -> Response:
         from ..engine.config import SAMPLERS, profile_names
 
@@ -416,7 +417,7 @@ class Server:
                 "n_ctx": engine.info.n_ctx if engine else None,
                 "state": self.worker.state,
                 "version": _version(),
-                "system_fingerprint": fingerprint(engine, s.sampler, s.config, None)
+                "system_fingerprint": fingerprint(engine, self._default_options())
                 if engine
                 else None,
                 "default_sampler": s.sampler,

@@ -15,9 +15,8 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, Protocol
 
 if TYPE_CHECKING:
-    from ..engine.config import SamplerConfig
     from ..engine.generate import TokenEvent
-    from ..engine.sampler import SamplingParams
+    from ..engine.options import DecodingOptions
 
 # notify("cached", n) once the prompt cache is chosen; notify("prefill", done, total) per chunk.
 Notify = Callable[..., None]
@@ -43,11 +42,7 @@ class Job:
     """Everything that decides one answer's tokens."""
 
     ids: tuple[int, ...]
-    sampler: str
-    config: SamplerConfig
-    params: SamplingParams | None
-    max_tokens: int
-    seed: int
+    options: DecodingOptions  # sampler, config, params, max_tokens, seed
     stop: tuple[str, ...] = ()
     top_logprobs: int = 0
     cache_prompt: bool = True

@@ -140,8 +140,14 @@ def get_int(
 
 
 def get_float(
-    body: dict[str, Any], name: str, default: float, lo: float, hi: float, *, open_lo: bool = False
-) -> float:
+    body: dict[str, Any],
+    name: str,
+    default: float | None,
+    lo: float,
+    hi: float,
+    *,
+    open_lo: bool = False,
+) -> float | None:
     value = body.get(name)
     if value is None:
         return default
@@ -189,10 +195,11 @@ class GenRequest:
     include_usage: bool
     logprobs: bool
     top_logprobs: int
-    temperature: float
-    top_p: float
-    top_k: int
-    min_p: float
+    # For `sample` only; None: the profile's base parameters (as `--sampler sample` in the CLI).
+    temperature: float | None
+    top_p: float | None
+    top_k: int | None
+    min_p: float | None
     extension: Extension
     model: str | None
 
@@ -346,10 +353,10 @@ def _common(body: dict[str, Any], max_tokens_cap: int) -> dict[str, Any]:
         "include_usage": get_bool(
             options or {}, "include_usage", False, "stream_options.include_usage"
         ),
-        "temperature": get_float(body, "temperature", 1.0, 0.0, 2.0),
-        "top_p": get_float(body, "top_p", 1.0, 0.0, 1.0, open_lo=True),
-        "top_k": get_int(body, "top_k", 0, 0),
-        "min_p": get_float(body, "min_p", 0.0, 0.0, 1.0),
+        "temperature": get_float(body, "temperature", None, 0.0, 2.0),
+        "top_p": get_float(body, "top_p", None, 0.0, 1.0, open_lo=True),
+        "top_k": get_int(body, "top_k", None, 0),
+        "min_p": get_float(body, "min_p", None, 0.0, 1.0),
         "extension": parse_extension(body.get("entropix")),
         "model": model,
     }
