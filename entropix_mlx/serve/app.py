@@ -1,9 +1,10 @@
 """The HTTP side: a Starlette app whose handlers validate, tokenize and queue jobs for the worker.
 
-Starlette rather than FastAPI: we validate by hand anyway (every error names its field in the
-OpenAI shape, which FastAPI's 422 bodies would need mapping into), and it imports in a third of
-the time. Streams are written by `_EventStream`, a small ASGI response that also listens for the
-client's disconnect, so a vanished client cancels its job during prefill as well as decode.
+Starlette rather than FastAPI: requests are validated by hand anyway (every error names its
+field in the OpenAI shape, where FastAPI's pydantic 422 bodies would need mapping), so FastAPI
+would add a layer and a dependency for nothing. Streams are written by `_EventStream`, a small
+ASGI response that also listens for the client's disconnect, so a vanished client cancels its job
+during prefill as well as decode.
 """
 
 from __future__ import annotations

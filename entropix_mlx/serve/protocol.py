@@ -11,8 +11,9 @@ import math
 from dataclasses import dataclass, field
 from typing import Any
 
+from ..engine.config import SAMPLERS
+
 ROLES = ("system", "developer", "user", "assistant")
-SAMPLERS = ("entropix", "greedy", "sample")  # = profiles.SAMPLERS; checked equal by a test
 MAX_STOPS = 4
 MAX_TOP_LOGPROBS = 20
 # Fields that would change the answer's meaning if silently ignored.
