@@ -267,8 +267,7 @@ ui.log.addEventListener("click", (e) => {
   const piece = answer?.pieceAt(e.target) ?? -1;
   if (piece < 0) return;
   const sel = state.selection;
-  if (sel && sel.answer === answer && sel.piece === piece && e.detail > 0) unselect();
-  else select(answer, piece);
+  if (!(sel && sel.answer === answer && sel.piece === piece)) select(answer, piece); // focusin may have
 });
 ui.log.addEventListener("focusin", (e) => {
   const answer = answerOf(e.target);
@@ -293,7 +292,8 @@ document.addEventListener("keydown", (e) => {
   else if (state.selection) unselect();
 });
 document.addEventListener("click", (e) => {
-  if (!state.pinned || e.target.closest?.(".tok, #card, .chart")) return;
+  // The path as dispatched: a chart re-rendered by this click has already dropped its target.
+  if (!state.pinned || e.composedPath().some((n) => n.matches?.(".tok, #card, .chart"))) return;
   unselect();
 });
 

@@ -1,0 +1,229 @@
+"""The web page in headless Chromium against a scripted stand-in server (tests/web_fake.py):
+streaming, colours and marks, the token card, charts ⇄ tokens, keyboard, stop, the run-file download,
+phone width. The same page against the real server and model: test_web_serve.py."""
+
+from __future__ import annotations
+
+import math
+import time
+from pathlib import Path
+
+import pytest
+
+from browser import PHONE, Page, card_fields, chromium_context
+from entropix_mlx.export import read_run
+from entropix_mlx.replay import load_run
+from web_fake import SCRIPT, FakeServer
+
+FULL = len(SCRIPT)  # max_tokens that plays the whole script and its end-of-turn token
+
+
+@pytest.fixture(scope="module")
+def context():
+    with chromium_context() as ctx:
+        yield ctx
+
+
+@pytest.fixture
+def fake():
+    server = FakeServer()
+    server.url = server.start()
+    yield server
+    server.stop()
+
+
+@pytest.fixture
+def page(context, fake):
+    p = Page(context, fake.url)
+    yield p
+    p.page.close()
+
+
+def ask(page: Page, text: str, max_tokens: int = FULL, n: int = 1) -> None:
+    page.settings(max_tokens=str(max_tokens))
+    page.send(text)
+    page.wait_answered(n, timeout=10_000)
+
+
+def test_page_loads_settings_from_props_without_errors(page):
+    assert page.page.text_content("#model") == "fake-model"
+    assert page.page.input_value("#profile") == "reference"
+    assert page.page.eval_on_selector("#max-tokens", "e => e.max") == "512"
+    assert "H 0.10/3.00/5.00 bits" in page.page.text_content("#status")
+    # the legend names every quadrant and the marked strategies
+    legend = page.page.text_content("#legend")
+    for word in ("LELV", "MID", "HELV", "LEHV", "HEHV", "inserted", "clarify", "explore", "resample"):
+        assert word in legend
+    assert page.errors == []
+
+
+def test_answer_streams_coloured_by_quadrant_and_marked_by_strategy(page):
+    ask(page, "Say hello")
+    (answer,) = page.answers()
+    assert len(answer["records"]) == FULL + 1  # the script and its end-of-turn record
+    assert answer["content"] == "".join(r[0] for r in SCRIPT)
+    pieces = {p["text"]: p for p in answer["pieces"]}
+    assert set(pieces) == {"Hello", ",", " wor", "ld", " …", " caf", "é", "!", "∎"}
+    for piece in answer["pieces"]:
+        classes = piece["cls"].split()
+        worst = answer["records"][piece["indices"][-1]]
+        if len(piece["indices"]) == 1:  # a piece of one token wears that token's quadrant
+            assert f"q-{worst['quadrant'].lower()}" in classes
+    assert "m-explore" in pieces[" wor"]["cls"] and "m-resample" in pieces["ld"]["cls"]
+    assert "m-inserted" in pieces[" …"]["cls"]
+    assert not any(c.startswith("m-") for c in pieces["Hello"]["cls"].split())
+    # "é" came as two tokens (the first completes no text): one piece, the more uncertain quadrant
+    assert pieces["é"]["indices"] == [6, 7] and "q-mid" in pieces["é"]["cls"]
+    assert "eot" in pieces["∎"]["cls"]
+    line = page.page.text_content(".msg.assistant .summary")
+    assert line.startswith("10 tokens · prefill 12 at 120 tok/s · decode 9.5 tok/s")
+    assert "adaptive 4" in line and "explore 1" in line
+    assert page.errors == []
+
+
+def test_hover_card_shows_that_tokens_metrics(page):
+    ask(page, "Say hello")
+    page.page.hover(".msg.assistant .tok:nth-child(3)")  # " wor"
+    card = card_fields(page.page)
+    assert not card["hidden"]
+    assert card["text"] == '" wor"' and card["quadrant"] == "LEHV"
+    assert card["entropy"] == "2.200 bits" and card["varentropy"] == "7.500 bits²"
+    assert card["attn entropy"] == "2.200" and card["attn varentropy"] == "0.520"
+    assert card["agreement"] == "0.020" and card["interaction"] == f"{3 + 2 / 7:.3f}"
+    assert card["temperature"] == "0.900" and card["top-k"] == "27"
+    assert card["top-p"] == "0.900" and card["min-p"] == "0.030"
+    assert card["logprob"].startswith("-0.320 (p 0.726)")
+    assert "a fork" in card["why"] and "strategy explore" in card["why"]
+    page.page.hover(".msg.assistant .tok:nth-child(5)")  # the inserted " …"
+    card = card_fields(page.page)
+    assert card["quadrant"] == "HELV" and card["logprob"].startswith("— (inserted")
+    page.page.mouse.move(5, 5)
+    assert card_fields(page.page)["hidden"]
+
+
+def test_chart_has_a_point_per_token_and_points_and_tokens_select_each_other(page):
+    ask(page, "Say hello")
+    n = len(page.answers()[0]["records"])
+    for chart in ("#chart-h", "#chart-v", "#chart-hv"):
+        assert page.page.locator(f"{chart} circle.pt").count() == n
+    # every point wears its token's quadrant
+    quads = page.page.eval_on_selector_all("#chart-hv circle.pt", "cs => cs.map(c => [+c.dataset.i, c.getAttribute('class')])")
+    records = page.answers()[0]["records"]
+    assert all(f"q-{records[i]['quadrant'].lower()}" in cls for i, cls in quads)
+    # click the point of token 3 ("ld") → its token is selected and its card shown
+    page.page.locator("#chart-hv circle.pt[data-i='3']").click()
+    assert page.page.text_content(".tok.sel") == "ld"
+    assert card_fields(page.page)["quadrant"] == "HEHV"
+    # click a token → its points are highlighted in every chart
+    page.page.click(".msg.assistant .tok:nth-child(2)")
+    for chart in ("#chart-h", "#chart-v", "#chart-hv"):
+        assert page.page.eval_on_selector_all(f"{chart} circle.pt.sel", "cs => cs.map(c => c.dataset.i)") == ["1"]
+
+
+def test_keyboard_moves_through_tokens_and_escape_closes_the_card(page):
+    ask(page, "Say hello")
+    page.page.focus(".msg.assistant .tok:first-child")
+    assert card_fields(page.page)["text"] == '"Hello"'
+    page.page.keyboard.press("ArrowRight")
+    page.page.keyboard.press("ArrowRight")
+    assert page.page.evaluate("document.activeElement.textContent") == " wor"
+    assert card_fields(page.page)["quadrant"] == "LEHV"
+    assert page.page.eval_on_selector_all("#chart-hv circle.pt.sel", "cs => cs.map(c => c.dataset.i)") == ["2"]
+    page.page.keyboard.press("End")
+    assert page.page.evaluate("document.activeElement.getAttribute('aria-label')") == "end of turn"
+    page.page.keyboard.press("Escape")
+    assert card_fields(page.page)["hidden"]
+    # one tab stop per answer: Tab from the token leaves the answer
+    page.page.focus(".msg.assistant .tok:first-child")
+    page.page.keyboard.press("Tab")
+    assert not page.page.evaluate("document.activeElement.classList.contains('tok')")
+
+
+def test_controls_shape_the_request(page, fake):
+    page.settings(sampler="greedy", profile="reference", seed="5", max_tokens=str(FULL), system="Be brief.")
+    page.send("Hi")
+    page.wait_answered(1)
+    page.send("Again")
+    page.wait_answered(2)
+    first, second = fake.requests
+    assert first["stream"] is True and first["max_tokens"] == FULL and first["seed"] == 5
+    assert first["entropix"] == {"sampler": "greedy", "profile": "reference"}
+    assert first["messages"] == [{"role": "system", "content": "Be brief."}, {"role": "user", "content": "Hi"}]
+    answer = "".join(r[0] for r in SCRIPT)
+    assert second["messages"][1:] == [
+        {"role": "user", "content": "Hi"}, {"role": "assistant", "content": answer}, {"role": "user", "content": "Again"},
+    ]  # fmt: skip
+    page.page.click("#new-chat")
+    assert page.page.locator(".msg").count() == 0
+    page.send("Fresh")
+    page.wait_answered(1)
+    assert fake.requests[-1]["messages"][1:] == [{"role": "user", "content": "Fresh"}]
+
+
+def test_stop_cancels_the_request_and_keeps_the_partial_answer(page, fake):
+    fake.delay = 0.05
+    page.settings(max_tokens="400")
+    page.send("Go on and on")
+    page.page.wait_for_function("window.entropix.state.answers[0]?.records.length >= 5")
+    assert page.page.is_enabled("#stop") and not page.page.is_enabled("#send")
+    page.page.click("#stop")
+    page.wait_answered(1)
+    deadline = time.time() + 5
+    while fake.cancelled < 1 and time.time() < deadline:
+        time.sleep(0.05)
+    assert fake.cancelled == 1 and fake.processing == 0
+    (answer,) = page.answers()
+    assert answer["stopped"] and 5 <= len(answer["records"]) < 400
+    assert "stopped" in page.page.text_content(".msg.assistant .summary")
+    # the partial answer stays in the history of the next request
+    fake.delay = 0
+    page.send("Next")
+    page.wait_answered(2)
+    assert fake.requests[-1]["messages"][-2] == {"role": "assistant", "content": answer["content"]}
+    assert page.errors == []
+
+
+def test_download_is_a_run_file_replay_reads(page, fake, tmp_path):
+    ask(page, "Say hello", n=1)
+    fake.delay = 0.05
+    page.settings(max_tokens="400")
+    page.send("Go on")
+    page.page.wait_for_function("window.entropix.state.answers[1]?.records.length >= 3")
+    page.page.click("#stop")
+    page.wait_answered(2)
+    with page.page.expect_download() as info:
+        page.page.click("#download")
+    path = tmp_path / info.value.suggested_filename
+    info.value.save_as(path)
+    assert path.suffix == ".jsonl"
+    groups, summaries = read_run(path)
+    answers = page.answers()
+    assert [len(g) for g in groups] == [len(a["records"]) for a in answers]
+    assert groups[0] == answers[0]["records"]
+    assert summaries[0]["tokens"] == FULL + 1 and summaries[0]["finish_reason"] == "stop"
+    assert summaries[0]["messages"][-1]["role"] == "user"  # the server's own summary, kept as sent
+    stopped = summaries[1]
+    assert stopped["interrupted"] is True and stopped["tokens"] == len(groups[1])
+    assert stopped["messages"][-1] == {"role": "assistant", "content": answers[1]["content"]}
+    assert sum(stopped["strategies"].values()) == len(groups[1])
+    assert math.isclose(stopped["mean_entropy"], sum(r["entropy"] for r in groups[1]) / len(groups[1]))
+    run = load_run(path)  # what `entropix replay` and `plot` do with it
+    assert [len(a.events) for a in run.answers] == [len(g) for g in groups]
+    assert run.answers[0].events[2].quadrant == "LEHV"
+
+
+def test_phone_width_fits_and_screenshots(page, capsys):
+    ask(page, "Say hello")
+    page.page.hover(".msg.assistant .tok:nth-child(3)")
+    desktop = page.screenshot("fake-desktop")
+    page.page.set_viewport_size(PHONE)
+    page.page.click(".msg.assistant .tok:nth-child(4)")
+    assert page.page.evaluate("document.documentElement.scrollWidth") <= PHONE["width"]
+    box = page.page.locator("#card").bounding_box()
+    assert box["x"] >= 0 and box["x"] + box["width"] <= PHONE["width"]  # the card docks on phones
+    phone = page.screenshot("fake-phone")
+    page.page.emulate_media(color_scheme="dark")
+    dark = page.screenshot("fake-phone-dark")
+    with capsys.disabled():
+        print(f"\nweb page screenshots (fake server): {desktop} {phone} {dark}")
+    assert all(Path(p).stat().st_size > 10_000 for p in (desktop, phone, dark))
