@@ -4,6 +4,7 @@ phone width. The same page against the real server and model: test_web_serve.py.
 
 from __future__ import annotations
 
+import json
 import math
 import time
 from pathlib import Path
@@ -11,8 +12,8 @@ from pathlib import Path
 import pytest
 
 from browser import PHONE, Page, card_fields, chromium_context
-from entropix_mlx.export import read_run
-from entropix_mlx.replay import load_run
+from entropix_mlx.engine.records import read_run
+from entropix_mlx.lab.replay import load_run
 from web_fake import SCRIPT, FakeServer
 
 FULL = len(SCRIPT)  # max_tokens that plays the whole script and its end-of-turn token
@@ -227,3 +228,20 @@ def test_phone_width_fits_and_screenshots(page, capsys):
     with capsys.disabled():
         print(f"\nweb page screenshots (fake server): {desktop} {phone} {dark}")
     assert all(Path(p).stat().st_size > 10_000 for p in (desktop, phone, dark))
+
+
+def test_page_palette_and_words_are_the_terminals():
+    """The page's colours, legend words, marks and uncertainty order are ui/render.py's."""
+    from entropix_mlx.ui.render import MARKED, QUADRANT_HELP, STRATEGY_HELP, THEME, UNCERTAINTY
+
+    static = Path(__file__).resolve().parents[1] / "entropix_mlx" / "serve" / "static"
+    css = (static / "style.css").read_text()
+    js = (static / "quadrants.js").read_text()
+    for q in ("lelv", "helv", "lehv", "hehv"):
+        assert f"--{q}: {THEME.styles[f'quad.{q}'].color.name.lower()};" in css
+    for meaning in QUADRANT_HELP.values():
+        assert f'"{meaning}"' in js
+    for name, (meaning, _) in STRATEGY_HELP.items():
+        assert f'{name}: "{meaning}"' in js
+    assert f"MARKED = {json.dumps(list(MARKED))};" in js
+    assert f"QUADRANTS = {json.dumps(list(UNCERTAINTY))};" in js

@@ -1,5 +1,5 @@
-// What the terminal's palette means (entropix_mlx/tui.py: THEME, QUADRANT_HELP, STRATEGY_HELP),
-// the quadrant rule (sampler.classify) and the piece styling (tui.piece_styles), for the page.
+// What the terminal's palette means (entropix_mlx/ui/render.py: THEME, QUADRANT_HELP, STRATEGY_HELP),
+// the quadrant rule (engine/sampler.classify) and the piece styling (ui/render.piece_styles), for the page.
 
 export const QUADRANTS = ["LELV", "MID", "LEHV", "HELV", "HEHV"]; // least to most uncertain
 

@@ -7,7 +7,7 @@ function count(values) {
   return out;
 }
 
-/** Totals of a stopped answer, which got no summary from the server (generate.Summary.from_events). */
+/** Totals of a stopped answer, which got no summary from the server (engine/generate.Summary.from_events). */
 export function summaryFromRecords(records, promptTokens = 0) {
   const n = records.length;
   if (!n) return { tokens: 0, prompt_tokens: promptTokens, prefill_tps: 0, decode_tps: 0, finish_reason: null, strategies: {}, quadrants: {}, mean_entropy: 0 };
