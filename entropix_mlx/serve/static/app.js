@@ -28,6 +28,7 @@ const state = {
 };
 
 const card = new Card(ui.card);
+card.onClose = () => unselect();
 const pick = (i) => state.current && select(state.current, state.current.pieceOf[i], { scroll: true });
 const charts = [
   new SeriesChart($("chart-h"), pick, { key: "entropy", lines: ["low_ent", "med_ent", "high_ent"] }),
@@ -67,21 +68,26 @@ async function loadProps() {
   renderCharts();
 }
 
-function describeSettings() {
+/** The thresholds of a profile as far as the page knows them: from an answer's summary, or /props. */
+function profileLimits(profile) {
+  for (const a of state.answers) {
+    if (a.summary?.config && (a.request.profile ?? "") === (profile ?? "")) return thresholds(a.summary.config);
+  }
   const c = propsConfig(state.props);
-  const t = thresholds(c);
-  const limits = t ? ` · H ${t.low_ent.toFixed(2)}/${t.med_ent.toFixed(2)}/${t.high_ent.toFixed(2)} bits · V ${t.low_vent.toFixed(2)}/${t.high_vent.toFixed(2)} bits²` : "";
-  return `sampler ${ui.sampler.value} · profile ${c?.profile ?? ui.profile.value}${limits}`;
+  const same = !profile || !c?.profile || profile === c.profile || profile === state.props?.profile;
+  return same ? thresholds(c) : null;
 }
 
-/** Thresholds for an answer's charts: its own summary's config, else the server's, if it is the same profile. */
+function describeSettings() {
+  const profile = ui.profile.value.trim();
+  const t = profileLimits(profile || undefined);
+  const limits = t ? ` · H ${t.low_ent.toFixed(2)}/${t.med_ent.toFixed(2)}/${t.high_ent.toFixed(2)} bits · V ${t.low_vent.toFixed(2)}/${t.high_vent.toFixed(2)} bits²` : "";
+  return `sampler ${ui.sampler.value} · profile ${profile || propsConfig(state.props)?.profile || "default"}${limits}`;
+}
+
+/** Thresholds for an answer's charts: its own summary's config, else what is known of its profile. */
 function limitsFor(answer) {
-  const own = thresholds(answer?.summary?.config);
-  if (own) return own;
-  const c = propsConfig(state.props);
-  const wanted = answer?.request.profile;
-  const same = !wanted || !c?.profile || wanted === c.profile || wanted === state.props?.profile;
-  return same ? thresholds(c) : null;
+  return thresholds(answer?.summary?.config) ?? (answer ? profileLimits(answer.request.profile) : profileLimits(undefined));
 }
 
 function buildLegend() {

@@ -60,17 +60,27 @@ export class Card {
   constructor(node) {
     this.node = node;
     this.anchor = null;
+    this.onClose = null;
     window.addEventListener("resize", () => this.place());
     window.addEventListener("scroll", () => this.place(), true);
   }
 
-  /** Show the records of one piece next to `anchor` (its span). */
+  /** Show the records of one piece next to `anchor` (its span); a pinned card has a close button. */
   show(records, anchor, pinned) {
     this.anchor = anchor;
     this.node.replaceChildren(...records.map(section));
+    if (pinned) {
+      const close = document.createElement("button");
+      close.type = "button";
+      close.className = "card-close";
+      close.textContent = "×";
+      close.setAttribute("aria-label", "close the token card (Escape)");
+      close.addEventListener("click", () => this.onClose?.());
+      this.node.prepend(close);
+    }
     this.node.classList.toggle("pinned", pinned);
     this.node.hidden = false;
-    this.place();
+    this.place(pinned);
   }
 
   hide() {
@@ -79,11 +89,15 @@ export class Card {
   }
 
   /** Below the token (above when there is no room), kept inside the viewport; docked on phones. */
-  place() {
+  place(reveal = false) {
     if (this.node.hidden || !this.anchor) return;
     if (matchMedia("(max-width: 640px)").matches) {
       this.node.classList.add("docked");
       this.node.style.left = this.node.style.top = "";
+      // keep the chosen token in sight above the docked card
+      const r = this.anchor.getBoundingClientRect();
+      const room = innerHeight - this.node.offsetHeight - 12;
+      if (reveal && (r.bottom > room || r.top < 0)) window.scrollBy(0, r.bottom - room);
       return;
     }
     this.node.classList.remove("docked");
