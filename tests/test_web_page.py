@@ -77,7 +77,7 @@ def test_answer_streams_coloured_by_quadrant_and_marked_by_strategy(page):
     assert pieces["é"]["indices"] == [6, 7] and "q-mid" in pieces["é"]["cls"]
     assert "eot" in pieces["∎"]["cls"]
     line = page.page.text_content(".msg.assistant .summary")
-    assert line.startswith("10 tokens · prefill 12 at 120 tok/s · decode 9.5 tok/s")
+    assert line.startswith("10 tokens · prefill 12 at 120 tok/s · decode 9.5 tok/s · seed 7")
     assert "adaptive 4" in line and "explore 1" in line
     assert page.errors == []
 
@@ -245,3 +245,43 @@ def test_page_palette_and_words_are_the_terminals():
         assert f'{name}: "{meaning}"' in js
     assert f"MARKED = {json.dumps(list(MARKED))};" in js
     assert f"QUADRANTS = {json.dumps(list(UNCERTAINTY))};" in js
+
+
+def test_a_refused_request_says_why_and_stays_out_of_the_history(page, fake):
+    page.settings(profile="nope", max_tokens=str(FULL))
+    page.send("Hi")
+    page.page.wait_for_selector("#error:not([hidden])")
+    assert "no profile 'nope'" in page.page.text_content("#error")
+    assert "failed" in page.page.get_attribute(".msg.user", "class")
+    assert page.page.locator(".msg.assistant").count() == 0
+    assert page.page.is_enabled("#send") and not page.page.is_enabled("#stop")
+    page.settings(profile="reference")
+    page.send("Hello")
+    page.wait_answered(1)
+    assert page.page.is_hidden("#error")
+    assert fake.requests[-1]["messages"] == [{"role": "user", "content": "Hello"}]
+
+
+def test_sse_reader_survives_any_chunking(page):
+    """Events split anywhere (mid-line, mid-UTF-8 character, CRLF, several data lines) parse whole."""
+    events = page.page.evaluate(
+        """async () => {
+          const { readEvents } = await import('./static/sse.js');
+          const text = ': queued 1\\r\\n\\r\\ndata: {"a": "é€😀"}\\n\\ndata: one\\r\\ndata: two\\r\\n\\r\\n: prefill 2/3\\n\\ndata: [DONE]\\n\\n';
+          const bytes = new TextEncoder().encode(text);
+          const out = [];
+          for (const size of [1, 2, 3, 5, 7, bytes.length]) {
+            const stream = new ReadableStream({ start(c) {
+              for (let i = 0; i < bytes.length; i += size) c.enqueue(bytes.slice(i, i + size));
+              c.close();
+            } });
+            const got = [];
+            for await (const e of readEvents(stream)) got.push(e);
+            out.push(got);
+          }
+          return out;
+        }"""
+    )
+    want = [{"comment": "queued 1"}, {"data": '{"a": "é€😀"}'}, {"data": "one\ntwo"},
+            {"comment": "prefill 2/3"}, {"data": "[DONE]"}]  # fmt: skip
+    assert all(got == want for got in events)

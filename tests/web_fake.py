@@ -93,6 +93,10 @@ class FakeServer:
             def do_POST(self) -> None:
                 body = json.loads(self.rfile.read(int(self.headers["Content-Length"])))
                 fake.requests.append(body)
+                if body.get("entropix", {}).get("profile") == "nope":  # the server's 400 for a bad profile
+                    error = {"error": {"message": "entropix.profile: no profile 'nope'; use auto, reference",
+                                       "type": "invalid_request_error", "param": "entropix.profile", "code": None}}
+                    return self._send(400, json.dumps(error).encode(), "application/json")
                 self.send_response(200)
                 self.send_header("Content-Type", "text/event-stream")
                 self.send_header("Connection", "close")

@@ -102,6 +102,7 @@ export class Answer {
     if (s) {
       parts.push(`prefill ${s.prompt_tokens}${this.usage?.prompt_tokens_details?.cached_tokens ? ` (${this.usage.prompt_tokens_details.cached_tokens} cached)` : ""} at ${Math.round(s.prefill_tps)} tok/s`);
       parts.push(`decode ${s.decode_tps.toFixed(1)} tok/s`);
+      if (s.seed !== undefined) parts.push(`seed ${s.seed}`);
     } else if (this.records.length > 1) {
       const span = this.records.at(-1).elapsed - this.records[0].elapsed;
       if (span > 0) parts.push(`decode ${((this.records.length - 1) / span).toFixed(1)} tok/s`);

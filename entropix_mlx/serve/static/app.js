@@ -195,8 +195,11 @@ async function send(text) {
     answer.end();
     if (answer.content || answer.stopped || answer.records.length) {
       state.history.push({ role: "user", content: text }, { role: "assistant", content: answer.content });
-    } else {
+    } else {  // refused or failed before any token: the message stays visible, struck through
       userNode.classList.add("failed");
+      answer.node.remove();
+      state.answers.pop();
+      state.current = state.answers.at(-1) ?? null;
     }
     if (answer.error) showError(answer.error);
     answer.renderSummary();

@@ -78,7 +78,7 @@ export class SeriesChart extends Chart {
   }
 
   render(records, limits, selected) {
-    const W = 400, H = 110, L = 28, R = 62, T = 6, B = 16;
+    const W = 400, H = 110, L = 28, R = 76, T = 6, B = 16;
     this.frame(W, H);
     const values = records.map((r) => r[this.key]).filter(Number.isFinite);
     const lines = limits ? this.lines.map((n) => [n, limits[n]]) : [];

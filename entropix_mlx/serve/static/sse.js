@@ -13,8 +13,10 @@ export async function* readEvents(body) {
     for (;;) {
       const { value, done } = await reader.read();
       buffer += done ? decoder.decode() : decoder.decode(value, { stream: true });
-      const lines = buffer.split(/\r\n|\r|\n/);
-      buffer = done ? "" : lines.pop();
+      // a final "\r" may be the first half of "\r\n": wait for the next chunk to tell
+      const cr = !done && buffer.endsWith("\r");
+      const lines = (cr ? buffer.slice(0, -1) : buffer).split(/\r\n|\r|\n/);
+      buffer = done ? "" : lines.pop() + (cr ? "\r" : "");
       for (const line of lines) {
         if (line === "") {
           if (data.length) yield { data: data.join("\n") };
