@@ -48,7 +48,10 @@ def chromium_context() -> Iterator[Any]:
     if path is None:
         pytest.skip("no Chromium: `make install` installs Debian's chromium as root; "
                     "else `apt-get install chromium` or set ENTROPIX_CHROMIUM")  # fmt: skip
-    with tempfile.TemporaryDirectory(prefix="entropix-chromium-") as profile, sync_playwright() as p:
+    with (
+        tempfile.TemporaryDirectory(prefix="entropix-chromium-") as profile,
+        sync_playwright() as p,
+    ):
         context = p.chromium.launch_persistent_context(
             profile, executable_path=path, headless=True, args=FLAGS, viewport=DESKTOP,
             accept_downloads=True, color_scheme="light",

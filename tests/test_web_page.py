@@ -1,6 +1,6 @@
 """The web page in headless Chromium against a scripted stand-in server (tests/web_fake.py):
-streaming, colours and marks, the token card, charts ⇄ tokens, keyboard, stop, the run-file download,
-phone width. The same page against the real server and model: test_web_serve.py."""
+streaming, colours and marks, the token card, charts ⇄ tokens, keyboard, stop, the run-file
+download, phone width. The same page against the real server and model: test_web_serve.py."""
 
 from __future__ import annotations
 
@@ -10,11 +10,11 @@ import time
 from pathlib import Path
 
 import pytest
-
 from browser import PHONE, Page, card_fields, chromium_context
+from web_fake import SCRIPT, FakeServer
+
 from entropix_mlx.engine.records import read_run
 from entropix_mlx.lab.replay import load_run
-from web_fake import SCRIPT, FakeServer
 
 FULL = len(SCRIPT)  # max_tokens that plays the whole script and its end-of-turn token
 
@@ -53,7 +53,17 @@ def test_page_loads_settings_from_props_without_errors(page):
     assert "H 0.10/3.00/5.00 bits" in page.page.text_content("#status")
     # the legend names every quadrant and the marked strategies
     legend = page.page.text_content("#legend")
-    for word in ("LELV", "MID", "HELV", "LEHV", "HEHV", "inserted", "clarify", "explore", "resample"):
+    for word in (
+        "LELV",
+        "MID",
+        "HELV",
+        "LEHV",
+        "HEHV",
+        "inserted",
+        "clarify",
+        "explore",
+        "resample",
+    ):
         assert word in legend
     assert page.errors == []
 
@@ -108,7 +118,9 @@ def test_chart_has_a_point_per_token_and_points_and_tokens_select_each_other(pag
     for chart in ("#chart-h", "#chart-v", "#chart-hv"):
         assert page.page.locator(f"{chart} circle.pt").count() == n
     # every point wears its token's quadrant
-    quads = page.page.eval_on_selector_all("#chart-hv circle.pt", "cs => cs.map(c => [+c.dataset.i, c.getAttribute('class')])")
+    quads = page.page.eval_on_selector_all(
+        "#chart-hv circle.pt", "cs => cs.map(c => [+c.dataset.i, c.getAttribute('class')])"
+    )
     records = page.answers()[0]["records"]
     assert all(f"q-{records[i]['quadrant'].lower()}" in cls for i, cls in quads)
     # click the point of token 3 ("ld") → its token is selected and its card shown
@@ -118,7 +130,9 @@ def test_chart_has_a_point_per_token_and_points_and_tokens_select_each_other(pag
     # click a token → its points are highlighted in every chart
     page.page.click(".msg.assistant .tok:nth-child(2)")
     for chart in ("#chart-h", "#chart-v", "#chart-hv"):
-        assert page.page.eval_on_selector_all(f"{chart} circle.pt.sel", "cs => cs.map(c => c.dataset.i)") == ["1"]
+        assert page.page.eval_on_selector_all(
+            f"{chart} circle.pt.sel", "cs => cs.map(c => c.dataset.i)"
+        ) == ["1"]
 
 
 def test_keyboard_moves_through_tokens_and_escape_closes_the_card(page):
@@ -129,7 +143,9 @@ def test_keyboard_moves_through_tokens_and_escape_closes_the_card(page):
     page.page.keyboard.press("ArrowRight")
     assert page.page.evaluate("document.activeElement.textContent") == " wor"
     assert card_fields(page.page)["quadrant"] == "LEHV"
-    assert page.page.eval_on_selector_all("#chart-hv circle.pt.sel", "cs => cs.map(c => c.dataset.i)") == ["2"]
+    assert page.page.eval_on_selector_all(
+        "#chart-hv circle.pt.sel", "cs => cs.map(c => c.dataset.i)"
+    ) == ["2"]
     page.page.keyboard.press("End")
     assert page.page.evaluate("document.activeElement.getAttribute('aria-label')") == "end of turn"
     page.page.keyboard.press("Escape")
@@ -141,7 +157,9 @@ def test_keyboard_moves_through_tokens_and_escape_closes_the_card(page):
 
 
 def test_controls_shape_the_request(page, fake):
-    page.settings(sampler="greedy", profile="reference", seed="5", max_tokens=str(FULL), system="Be brief.")
+    page.settings(
+        sampler="greedy", profile="reference", seed="5", max_tokens=str(FULL), system="Be brief."
+    )
     page.send("Hi")
     page.wait_answered(1)
     page.send("Again")
@@ -149,10 +167,15 @@ def test_controls_shape_the_request(page, fake):
     first, second = fake.requests
     assert first["stream"] is True and first["max_tokens"] == FULL and first["seed"] == 5
     assert first["entropix"] == {"sampler": "greedy", "profile": "reference"}
-    assert first["messages"] == [{"role": "system", "content": "Be brief."}, {"role": "user", "content": "Hi"}]
+    assert first["messages"] == [
+        {"role": "system", "content": "Be brief."},
+        {"role": "user", "content": "Hi"},
+    ]
     answer = "".join(r[0] for r in SCRIPT)
     assert second["messages"][1:] == [
-        {"role": "user", "content": "Hi"}, {"role": "assistant", "content": answer}, {"role": "user", "content": "Again"},
+        {"role": "user", "content": "Hi"},
+        {"role": "assistant", "content": answer},
+        {"role": "user", "content": "Again"},
     ]  # fmt: skip
     page.page.click("#new-chat")
     assert page.page.locator(".msg").count() == 0
@@ -207,7 +230,9 @@ def test_download_is_a_run_file_replay_reads(page, fake, tmp_path):
     assert stopped["interrupted"] is True and stopped["tokens"] == len(groups[1])
     assert stopped["messages"][-1] == {"role": "assistant", "content": answers[1]["content"]}
     assert sum(stopped["strategies"].values()) == len(groups[1])
-    assert math.isclose(stopped["mean_entropy"], sum(r["entropy"] for r in groups[1]) / len(groups[1]))
+    assert math.isclose(
+        stopped["mean_entropy"], sum(r["entropy"] for r in groups[1]) / len(groups[1])
+    )
     run = load_run(path)  # what `entropix replay` and `plot` do with it
     assert [len(a.events) for a in run.answers] == [len(g) for g in groups]
     assert run.answers[0].events[2].quadrant == "LEHV"
@@ -263,11 +288,12 @@ def test_a_refused_request_says_why_and_stays_out_of_the_history(page, fake):
 
 
 def test_sse_reader_survives_any_chunking(page):
-    """Events split anywhere (mid-line, mid-UTF-8 character, CRLF, several data lines) parse whole."""
+    """Events split anywhere (mid-line, mid-UTF-8 character, CRLF, data lines) parse whole."""
     events = page.page.evaluate(
         """async () => {
           const { readEvents } = await import('./static/sse.js');
-          const text = ': queued 1\\r\\n\\r\\ndata: {"a": "é€😀"}\\n\\ndata: one\\r\\ndata: two\\r\\n\\r\\n: prefill 2/3\\n\\ndata: [DONE]\\n\\n';
+          const text = ': queued 1\\r\\n\\r\\ndata: {"a": "é€😀"}\\n\\n'
+            + 'data: one\\r\\ndata: two\\r\\n\\r\\n: prefill 2/3\\n\\ndata: [DONE]\\n\\n';
           const bytes = new TextEncoder().encode(text);
           const out = [];
           for (const size of [1, 2, 3, 5, 7, bytes.length]) {

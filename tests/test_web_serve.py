@@ -1,8 +1,8 @@
-"""The web page against the real `entropix serve` on the default model (a few tokens per answer), in
-headless Chromium: it loads clean, an answer streams with every token in its quadrant's colour class,
-the card shows the hovered token's own metrics, the charts have a point per token, stop cancels the
-request on the server (`/props`), the download is a run file `replay` reads; screenshots at desktop
-and phone width are saved and their paths printed."""
+"""The web page against the real `entropix serve` on the default model (a few tokens per answer),
+in headless Chromium: it loads clean, an answer streams with every token in its quadrant's colour
+class, the card shows the hovered token's own metrics, the charts have a point per token, stop
+cancels the request on the server (`/props`), the download is a run file `replay` reads;
+screenshots at desktop and phone width are saved and their paths printed."""
 
 from __future__ import annotations
 
@@ -16,8 +16,8 @@ import time
 import urllib.request
 
 import pytest
-
 from browser import PHONE, Page, card_fields, chromium_context, sse_records
+
 from entropix_mlx.engine.records import read_run
 from entropix_mlx.lab.replay import load_run
 
@@ -89,7 +89,10 @@ def test_real_answer_streams_with_metrics_card_chart_and_download(page, tmp_path
     rec = streamed[piece["indices"][0]]
     page.page.hover(f".msg.assistant .tok:nth-child({n})")
     card = card_fields(page.page)
-    assert card["quadrant"] == rec["quadrant"] and card["token"] == f"#{rec['index']} · id {rec['token_id']}"
+    assert (
+        card["quadrant"] == rec["quadrant"]
+        and card["token"] == f"#{rec['index']} · id {rec['token_id']}"
+    )
     assert card["entropy"] == f"{rec['entropy']:.3f} bits"
     assert card["varentropy"] == f"{rec['varentropy']:.3f} bits²"
     assert card["attn entropy"] == f"{rec['attn_entropy']:.3f}"
@@ -113,7 +116,10 @@ def test_real_answer_streams_with_metrics_card_chart_and_download(page, tmp_path
     phone = page.screenshot("serve-phone")
     page.page.screenshot(path=str(phone.with_name("serve-phone-full.png")), full_page=True)
     with capsys.disabled():
-        print(f"\nweb page screenshots (real server): {desktop} {phone} {phone.with_name('serve-phone-full.png')}")
+        print(
+            f"\nweb page screenshots (real server): {desktop} {phone}"
+            f" {phone.with_name('serve-phone-full.png')}"
+        )
     assert page.errors == []
 
 
@@ -121,11 +127,15 @@ def test_real_stop_cancels_on_the_server(page, server):
     before = props(server)["cancelled"]
     page.settings(sampler="greedy", max_tokens="64")
     page.send("Count from 1 to 100, one number per line.")
-    page.page.wait_for_function("window.entropix.state.answers[0]?.records.length >= 2", timeout=60_000)
+    page.page.wait_for_function(
+        "window.entropix.state.answers[0]?.records.length >= 2", timeout=60_000
+    )
     page.page.click("#stop")
     page.wait_answered(1)
     deadline = time.time() + 5
-    while time.time() < deadline and (props(server)["cancelled"] == before or props(server)["processing"]):
+    while time.time() < deadline and (
+        props(server)["cancelled"] == before or props(server)["processing"]
+    ):
         time.sleep(0.1)
     now = props(server)
     assert now["cancelled"] == before + 1 and now["processing"] == 0

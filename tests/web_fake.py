@@ -1,5 +1,5 @@
-"""A stand-in for `entropix serve` for the page's fast browser tests: the page's static files, `/props`
-and a scripted `/v1/chat/completions` stream in SERVE.md's format. Test code only, not shipped.
+"""A stand-in for `entropix serve` for the page's fast browser tests: the page's static files,
+`/props` and a scripted `/v1/chat/completions` stream in SERVE.md's format. Test code, not shipped.
 
 The script covers what the page must handle: every quadrant, the marked strategies, a clarify
 insertion (null logprob), a token that is half a UTF-8 character (text ""), the end-of-turn record.
@@ -16,9 +16,15 @@ from pathlib import Path
 from typing import Any
 
 STATIC = Path(__file__).resolve().parents[1] / "entropix_mlx" / "serve" / "static"
-TYPES = {".html": "text/html", ".js": "text/javascript", ".css": "text/css", ".svg": "image/svg+xml"}
+TYPES = {
+    ".html": "text/html",
+    ".js": "text/javascript",
+    ".css": "text/css",
+    ".svg": "image/svg+xml",
+}
 CONFIG = {"low_ent": 0.1, "low_vent": 0.1, "high_ent": 5.0, "high_vent": 5.0, "med_ent": 3.0,
-          "temperature": 0.666, "top_k": 27, "top_p": 0.9, "min_p": 0.03, "profile": "reference"}  # fmt: skip
+          "temperature": 0.666, "top_k": 27, "top_p": 0.9, "min_p": 0.03,
+          "profile": "reference"}  # fmt: skip
 
 # text, quadrant, strategy, entropy, varentropy, inserted
 SCRIPT = [
@@ -34,11 +40,14 @@ SCRIPT = [
 ]
 
 
-def record(i: int, text: str, quadrant: str, strategy: str, h: float, v: float, inserted: bool) -> dict[str, Any]:
+def record(
+    i: int, text: str, quadrant: str, strategy: str, h: float, v: float, inserted: bool
+) -> dict[str, Any]:
     return {
         "index": i, "token_id": 100 + i, "text": text,
         "logprob": None if inserted else -round(0.1 + h / 10, 4),
-        "entropy": h, "varentropy": v, "attn_entropy": 2.0 + i / 10, "attn_varentropy": 0.5 + i / 100,
+        "entropy": h, "varentropy": v,
+        "attn_entropy": 2.0 + i / 10, "attn_varentropy": 0.5 + i / 100,
         "agreement": 0.01 * i, "interaction_strength": 3.0 + i / 7, "quadrant": quadrant,
         "strategy": strategy, "temperature": 0.0 if strategy == "argmax" else 0.9, "top_k": 27,
         "top_p": 0.9, "min_p": 0.03, "inserted": inserted, "elapsed": 0.1 * i,
@@ -80,22 +89,36 @@ class FakeServer:
 
             def do_GET(self) -> None:
                 if self.path == "/props":
-                    props = {"model": "fake-model", "default_sampler": "entropix", "profile": "reference",
-                             "profiles": ["auto", "reference"], "sampler_config": CONFIG, "max_tokens": 512,
-                             "processing": fake.processing, "cancelled": fake.cancelled}  # fmt: skip
+                    props = {"model": "fake-model", "default_sampler": "entropix",
+                             "profile": "reference", "profiles": ["auto", "reference"],
+                             "sampler_config": CONFIG, "max_tokens": 512,
+                             "processing": fake.processing,
+                             "cancelled": fake.cancelled}  # fmt: skip
                     return self._send(200, json.dumps(props).encode(), "application/json")
                 name = "index.html" if self.path == "/" else self.path.removeprefix("/static/")
                 path = STATIC / name
                 if "/" in name or not path.is_file():
-                    return self._send(404, b'{"error": {"message": "not found"}}', "application/json")
-                self._send(200, path.read_bytes(), TYPES.get(path.suffix, "application/octet-stream"))
+                    return self._send(
+                        404, b'{"error": {"message": "not found"}}', "application/json"
+                    )
+                self._send(
+                    200, path.read_bytes(), TYPES.get(path.suffix, "application/octet-stream")
+                )
 
             def do_POST(self) -> None:
                 body = json.loads(self.rfile.read(int(self.headers["Content-Length"])))
                 fake.requests.append(body)
-                if body.get("entropix", {}).get("profile") == "nope":  # the server's 400 for a bad profile
-                    error = {"error": {"message": "entropix.profile: no profile 'nope'; use auto, reference",
-                                       "type": "invalid_request_error", "param": "entropix.profile", "code": None}}
+                if (
+                    body.get("entropix", {}).get("profile") == "nope"
+                ):  # the server's 400 for a bad profile
+                    error = {
+                        "error": {
+                            "message": "entropix.profile: no profile 'nope'; use auto, reference",
+                            "type": "invalid_request_error",
+                            "param": "entropix.profile",
+                            "code": None,
+                        }
+                    }
                     return self._send(400, json.dumps(error).encode(), "application/json")
                 self.send_response(200)
                 self.send_header("Content-Type", "text/event-stream")
@@ -122,13 +145,20 @@ class FakeServer:
         self.httpd.server_close()
 
     def stream(self, body: dict[str, Any]):
-        base = {"id": "chatcmpl-fake", "object": "chat.completion.chunk", "created": 1, "model": "fake-model"}
+        base = {
+            "id": "chatcmpl-fake",
+            "object": "chat.completion.chunk",
+            "created": 1,
+            "model": "fake-model",
+        }
 
         def data(choices: list[dict[str, Any]], **extra: Any) -> str:
             return "data: " + json.dumps(base | {"choices": choices} | extra) + "\n\n"
 
         yield ": queued 0\n\n"
-        yield data([{"index": 0, "delta": {"role": "assistant", "content": ""}, "finish_reason": None}])
+        yield data(
+            [{"index": 0, "delta": {"role": "assistant", "content": ""}, "finish_reason": None}]
+        )
         records = answer_records(body.get("max_tokens", 16))
         end = records[-1] if records[-1]["text"] == "" else None
         body_records = records[:-1] if end else records
@@ -139,7 +169,16 @@ class FakeServer:
                 continue
             time.sleep(self.delay)
             text = "".join(r["text"] for r in held)
-            yield data([{"index": 0, "delta": {"content": text}, "finish_reason": None, "entropix": {"tokens": held}}])
+            yield data(
+                [
+                    {
+                        "index": 0,
+                        "delta": {"content": text},
+                        "finish_reason": None,
+                        "entropix": {"tokens": held},
+                    }
+                ]
+            )
             held = []
         summary = {
             "tokens": len(records), "prompt_tokens": 12, "prefill_tps": 120.0, "decode_tps": 9.5,
@@ -147,13 +186,18 @@ class FakeServer:
             "strategies": _count(r["strategy"] for r in records),
             "quadrants": _count(r["quadrant"] for r in records),
             "mean_entropy": sum(r["entropy"] for r in records) / len(records),
-            "model": "fake-model", "seed": body.get("seed", 7), "sampler": "entropix", "config": CONFIG,
+            "model": "fake-model", "seed": body.get("seed", 7), "sampler": "entropix",
+            "config": CONFIG,
             "messages": body["messages"],
         }  # fmt: skip
         last = held + ([end] if end else [])
         yield data([{"index": 0, "delta": {}, "finish_reason": summary["finish_reason"],
                      "entropix": {"tokens": last, "summary": summary}}])  # fmt: skip
-        usage = {"prompt_tokens": 12, "completion_tokens": len(records), "total_tokens": 12 + len(records)}
+        usage = {
+            "prompt_tokens": 12,
+            "completion_tokens": len(records),
+            "total_tokens": 12 + len(records),
+        }
         yield data([], usage=usage)
         yield "data: [DONE]\n\n"
 
