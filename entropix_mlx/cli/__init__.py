@@ -12,7 +12,7 @@ if TYPE_CHECKING:
 
 def make_app() -> typer.Typer:
     """The typer app with every command group registered on it."""
-    from . import chat, explore, measure, run  # noqa: F401 (importing registers their commands)
+    from . import chat, explore, measure, run, serve  # noqa: F401 (importing registers their commands)
     from .app import app
 
     return app

@@ -161,6 +161,11 @@ def _packaged_profiles() -> dict[str, tuple[str, ...]]:
     return found
 
 
+def profile_names() -> tuple[str, ...]:
+    """The packaged profiles' names (`reference` and the calibrated ones)."""
+    return tuple(_packaged_profiles())
+
+
 def profile_for_model(model: str) -> str:
     """The packaged profile calibrated for `model` (a model name, `.gguf` optional), else
     `reference`: what `--profile auto` picks. Globs match case-insensitively."""

@@ -38,6 +38,9 @@ class TokenEvent:
     prompt_tokens: int
     prefill_seconds: float
     finish_reason: str | None = None  # "stop" | "length" | "context" on the last event
+    # The k most likely (token id, log p) at temperature 1, most likely first (generate's
+    # `top_logprobs`); empty for the later tokens of a clarify insertion.
+    top_logprobs: tuple[tuple[int, float], ...] = ()
 
 
 @dataclass(frozen=True)
@@ -98,6 +101,14 @@ def _token_logprob(logits: mx.array, token: mx.array) -> mx.array:
     return logits[token] - mx.logsumexp(logits)
 
 
+def _top_logprobs(logits: mx.array, k: int) -> tuple[mx.array, mx.array]:
+    """The k best (ids, log p) of `logits` (V,), unordered (sorted on the host)."""
+    logits = logits.astype(mx.float32)
+    logprobs = logits - mx.logsumexp(logits)
+    ids = mx.argpartition(-logprobs, kth=k - 1)[:k]
+    return ids, logprobs[ids]
+
+
 def generate(
     model: Model,
     tokenizer: Tokenizer,
@@ -113,6 +124,7 @@ def generate(
     stop_ids: Collection[int] | None = None,
     context_limit: int | None = None,
     progress: Callable[[int, int], None] | None = None,
+    top_logprobs: int = 0,
 ) -> Iterator[TokenEvent]:
     """Decode up to `max_tokens` after `prompt_ids`, yielding one event per token.
 
@@ -122,7 +134,8 @@ def generate(
     the stream ended. `stop_ids` defaults to the tokenizer's end-of-turn ids (empty: never stop).
 
     `sampler` is a `Sampler` from `make_sampler`; a name (with `config` and `params`) builds one
-    here, a convenience for scripts.
+    here, a convenience for scripts. `top_logprobs` k > 0 adds each step's k most likely tokens
+    to its event (the server's `logprobs`).
     """
     if isinstance(sampler, str):
         sampler = make_sampler(sampler, config, tokenizer=tokenizer, params=params)
@@ -157,7 +170,8 @@ def generate(
         clarify_left -= bool(decision.inserted)
         first = mx.array(decision.inserted[0]) if decision.inserted else decision.token
         logprob = _token_logprob(logits, first)
-        mx.async_eval(logprob)  # queued before the next step, so fetching it never waits on that
+        top = _top_logprobs(logits, min(top_logprobs, logits.shape[-1])) if top_logprobs else ()
+        mx.async_eval(logprob, *top)  # queued before the next step: fetching them never waits
 
         # Queue the next step before fetching this token: the device works while the host renders.
         next_ids = (
@@ -170,6 +184,7 @@ def generate(
             mx.async_eval(next_out.logits, next_out.scores)
         token_ids = list(decision.inserted) or [decision.token.item()]
         first_logprob = logprob.item()
+        best = sorted(zip(*(a.tolist() for a in top)), key=lambda t: -t[1]) if top else ()
         for i, token_id in enumerate(token_ids):
             at_stop = token_id in stops and not decision.inserted
             piece, hit = ("", False) if at_stop else text.push(token_id)
@@ -189,6 +204,7 @@ def generate(
                 inserted=bool(decision.inserted),
                 elapsed=time.perf_counter() - t_decode,
                 finish_reason=finish,
+                top_logprobs=tuple(best) if i == 0 else (),
                 **timing,
             )
             index += 1

@@ -189,6 +189,13 @@ class Tokenizer:
     def _token_bytes(self, id: int) -> bytes:
         raise NotImplementedError
 
+    def token_bytes(self, id: int) -> bytes:
+        """The token's raw bytes (part of a UTF-8 character for byte tokens)."""
+        if not 0 <= id < self.vocab_size:
+            last = self.vocab_size - 1
+            raise TokenizerError(f"token id {id} is outside the vocabulary (0..{last})")
+        return self._token_bytes(id)
+
     def token_piece(self, id: int) -> str:
         """The token's text for display; bytes of a split character show as \\xNN."""
         if not 0 <= id < self.vocab_size:

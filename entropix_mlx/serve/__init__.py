@@ -1,0 +1,1 @@
+"""`entropix serve`: an OpenAI-compatible HTTP server streaming every token's Entropix metrics."""
