@@ -188,6 +188,9 @@ def test_stop_cancels_the_request_and_keeps_the_partial_answer(page, fake):
     fake.delay = 0.05
     page.settings(max_tokens="400")
     page.send("Go on and on")
+    status = "document.getElementById('status').textContent"
+    page.page.wait_for_function(f"{status}.startsWith('waiting: 1 request ahead')")
+    page.page.wait_for_function(f"{status}.startsWith('reading the prompt: 6/12 tokens')")
     page.page.wait_for_function("window.entropix.state.answers[0]?.records.length >= 5")
     assert page.page.is_enabled("#stop") and not page.page.is_enabled("#send")
     page.page.click("#stop")

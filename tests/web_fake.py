@@ -155,7 +155,10 @@ class FakeServer:
         def data(choices: list[dict[str, Any]], **extra: Any) -> str:
             return "data: " + json.dumps(base | {"choices": choices} | extra) + "\n\n"
 
-        yield ": queued 0\n\n"
+        yield ": queued 1\n\n"
+        time.sleep(self.delay * 4)
+        yield ": prefill 6/12\n\n"
+        time.sleep(self.delay * 4)
         yield data(
             [{"index": 0, "delta": {"role": "assistant", "content": ""}, "finish_reason": None}]
         )

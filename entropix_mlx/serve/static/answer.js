@@ -115,6 +115,7 @@ export class Answer {
     }
     const end = this.error ? `error: ${this.error}`
       : this.stopped ? "stopped (kept in the history)"
+      : this.summary?.finish_reason === "context" ? "context full: New chat starts over"
       : this.finishReason === "length" ? "hit max tokens"
       : null;
     if (end) {

@@ -179,7 +179,7 @@ async function send(text) {
     if (!response.ok) throw new Error(await errorMessage(response));
     for await (const event of readEvents(response.body)) {
       if (event.comment !== undefined) {
-        setStatus(event.comment.replace(/^queued (\d+)/, "queued: position $1"));
+        setStatus(describeComment(event.comment));
         continue;
       }
       if (event.data === "[DONE]") break;
@@ -208,6 +208,17 @@ async function send(text) {
     setStatus(describeSettings());
     ui.prompt.focus();
   }
+}
+
+/** The server's SSE comments (": queued N", ": prefill done/total") as a status line. */
+function describeComment(comment) {
+  const queued = /^queued (\d+)/.exec(comment);
+  if (queued) {
+    const n = Number(queued[1]);
+    return n ? `waiting: ${n} request${n === 1 ? "" : "s"} ahead · Esc stops` : "reading the prompt …";
+  }
+  const prefill = /^prefill (\d+)\/(\d+)/.exec(comment);
+  return prefill ? `reading the prompt: ${prefill[1]}/${prefill[2]} tokens · Esc stops` : comment;
 }
 
 function receive(answer, chunk) {
