@@ -74,7 +74,8 @@ def test_answer_streams_coloured_by_quadrant_and_marked_by_strategy(page):
     assert len(answer["records"]) == FULL + 1  # the script and its end-of-turn record
     assert answer["content"] == "".join(r[0] for r in SCRIPT)
     pieces = {p["text"]: p for p in answer["pieces"]}
-    assert set(pieces) == {"Hello", ",", " wor", "ld", " …", " caf", "é", "!", "∎"}
+    assert set(pieces) == {"Hello", ",", " wor", "ld", " …", " caf", "é", "!", "\n", "∎"}
+    assert "nl" in pieces["\n"]["cls"].split()  # drawn with a ↵ so it can be hovered
     for piece in answer["pieces"]:
         classes = piece["cls"].split()
         worst = answer["records"][piece["indices"][-1]]
@@ -87,8 +88,8 @@ def test_answer_streams_coloured_by_quadrant_and_marked_by_strategy(page):
     assert pieces["é"]["indices"] == [6, 7] and "q-mid" in pieces["é"]["cls"]
     assert "eot" in pieces["∎"]["cls"]
     line = page.page.text_content(".msg.assistant .summary")
-    assert line.startswith("10 tokens · prefill 12 at 120 tok/s · decode 9.5 tok/s · seed 7")
-    assert "adaptive 4" in line and "explore 1" in line
+    assert line.startswith("11 tokens · prefill 12 at 120 tok/s · decode 9.5 tok/s · seed 7")
+    assert "adaptive 5" in line and "explore 1" in line
     assert page.errors == []
 
 

@@ -37,6 +37,7 @@ SCRIPT = [
     ("", "MID", "adaptive", 1.2, 1.1, False),  # the first byte of "é"
     ("é", "LELV", "argmax", 0.02, 0.01, False),
     ("!", "MID", "adaptive", 0.8, 1.4, False),
+    ("\n", "MID", "adaptive", 0.9, 1.0, False),  # a line break alone: the page gives it a ↵
 ]
 
 

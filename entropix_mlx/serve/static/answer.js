@@ -71,6 +71,8 @@ export class Answer {
       node.setAttribute("aria-label", "end of turn");
     } else {
       node.textContent = text;
+      // a token of line breaks only has no box to hover: a faint ↵ (not copied) gives it one
+      if (/^\s*$/.test(text) && text.includes("\n")) node.classList.add("nl");
     }
     const piece = this.pieces.length;
     for (const i of indices) this.pieceOf[i] = piece;
