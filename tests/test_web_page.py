@@ -143,6 +143,7 @@ def test_keyboard_moves_through_tokens_and_escape_closes_the_card(page):
     page.page.keyboard.press("ArrowRight")
     page.page.keyboard.press("ArrowRight")
     assert page.page.evaluate("document.activeElement.textContent") == " wor"
+    assert page.page.evaluate("document.activeElement.getAttribute('aria-describedby')") == "card"
     assert card_fields(page.page)["quadrant"] == "LEHV"
     assert page.page.eval_on_selector_all(
         "#chart-hv circle.pt.sel", "cs => cs.map(c => c.dataset.i)"

@@ -249,11 +249,15 @@ function recordsOf(answer, piece) {
 function select(answer, piece, { scroll = false, focus = false } = {}) {
   if (!answer || piece === undefined || piece < 0) return;
   const old = state.selection;
-  if (old) old.answer.pieces[old.piece]?.node.classList.remove("sel");
+  if (old) {
+    old.answer.pieces[old.piece]?.node.classList.remove("sel");
+    old.answer.pieces[old.piece]?.node.removeAttribute("aria-describedby");
+  }
   state.selection = { answer, piece };
   state.pinned = true;
   const node = answer.pieces[piece].node;
   node.classList.add("sel");
+  node.setAttribute("aria-describedby", "card"); // a screen reader reads the card after the token
   if (focus) answer.focusPiece(piece);
   else for (const p of answer.pieces) p.node.tabIndex = p.node === node ? 0 : -1;
   if (scroll) node.scrollIntoView({ block: "nearest" });
@@ -264,7 +268,10 @@ function select(answer, piece, { scroll = false, focus = false } = {}) {
 
 function unselect() {
   const old = state.selection;
-  if (old) old.answer.pieces[old.piece]?.node.classList.remove("sel");
+  if (old) {
+    old.answer.pieces[old.piece]?.node.classList.remove("sel");
+    old.answer.pieces[old.piece]?.node.removeAttribute("aria-describedby");
+  }
   state.selection = null;
   state.pinned = false;
   card.hide();
