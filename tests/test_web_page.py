@@ -186,6 +186,22 @@ def test_controls_shape_the_request(page, fake):
     assert fake.requests[-1]["messages"][1:] == [{"role": "user", "content": "Fresh"}]
 
 
+def test_new_chat_during_an_answer_cancels_it_and_forgets_it(page, fake):
+    fake.delay = 0.05
+    page.settings(max_tokens="400")
+    page.send("Go on and on")
+    page.page.wait_for_function("window.entropix.state.answers[0]?.records.length >= 3")
+    page.page.click("#new-chat")
+    page.page.wait_for_function("!document.body.classList.contains('busy')")
+    assert page.page.locator(".msg").count() == 0
+    fake.delay = 0
+    page.settings(max_tokens=str(FULL))
+    page.send("Fresh")
+    page.wait_answered(1)
+    assert fake.requests[-1]["messages"] == [{"role": "user", "content": "Fresh"}]
+    assert len(page.answers()) == 1 and fake.cancelled == 1
+
+
 def test_stop_cancels_the_request_and_keeps_the_partial_answer(page, fake):
     fake.delay = 0.05
     page.settings(max_tokens="400")
@@ -316,3 +332,13 @@ def test_sse_reader_survives_any_chunking(page):
     want = [{"comment": "queued 1"}, {"data": '{"a": "é€😀"}'}, {"data": "one\ntwo"},
             {"comment": "prefill 2/3"}, {"data": "[DONE]"}]  # fmt: skip
     assert all(got == want for got in events)
+
+
+def test_a_server_without_metrics_still_chats(page, fake):
+    fake.metrics = False
+    ask(page, "Say hello")
+    assert page.page.text_content(".msg.assistant .tokens") == "".join(r[0] for r in SCRIPT)
+    assert page.page.locator(".msg .tok").count() == 0
+    assert page.page.locator("#chart-hv circle.pt").count() == 0
+    assert page.page.is_disabled("#download")  # no records, nothing a run file could hold
+    assert page.errors == []

@@ -68,6 +68,7 @@ def answer_records(max_tokens: int) -> list[dict[str, Any]]:
 @dataclass
 class FakeServer:
     delay: float = 0.0  # seconds between chunks
+    metrics: bool = True  # False: no `entropix` objects (a server run with --no-metrics)
     requests: list[dict[str, Any]] = field(default_factory=list)
     cancelled: int = 0
     processing: int = 0
@@ -154,6 +155,8 @@ class FakeServer:
         }
 
         def data(choices: list[dict[str, Any]], **extra: Any) -> str:
+            if not self.metrics:
+                choices = [{k: v for k, v in c.items() if k != "entropix"} for c in choices]
             return "data: " + json.dumps(base | {"choices": choices} | extra) + "\n\n"
 
         yield ": queued 1\n\n"

@@ -150,6 +150,7 @@ async function send(text) {
     seed: seed === "" ? undefined : Number(seed),
     max_tokens: Number(ui.maxTokens.value) || 256,
   };
+  const history = state.history; // replaced, not emptied, by New chat
   const userNode = addUserMessage(text);
   const answer = new Answer(request, state.answers.length + 1);
   ui.log.append(answer.node);
@@ -193,7 +194,9 @@ async function send(text) {
   } finally {
     state.controller = null;
     answer.end();
-    if (answer.content || answer.stopped || answer.records.length) {
+    if (state.history !== history) {
+      // New chat was pressed during the answer: it belongs to the conversation that is gone
+    } else if (answer.content || answer.stopped || answer.records.length) {
       state.history.push({ role: "user", content: text }, { role: "assistant", content: answer.content });
     } else {  // refused or failed before any token: the message stays visible, struck through
       userNode.classList.add("failed");
