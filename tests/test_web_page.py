@@ -249,6 +249,7 @@ def test_download_is_a_run_file_replay_reads(page, fake, tmp_path):
     assert summaries[0]["messages"][-1]["role"] == "user"  # the server's own summary, kept as sent
     stopped = summaries[1]
     assert stopped["interrupted"] is True and stopped["tokens"] == len(groups[1])
+    assert stopped["config"] == summaries[0]["config"]  # its profile's, for plot's threshold lines
     assert stopped["messages"][-1] == {"role": "assistant", "content": answers[1]["content"]}
     assert sum(stopped["strategies"].values()) == len(groups[1])
     assert math.isclose(

@@ -68,15 +68,17 @@ async function loadProps() {
   renderCharts();
 }
 
-/** The thresholds of a profile as far as the page knows them: from an answer's summary, or /props. */
-function profileLimits(profile) {
+/** The sampler config of a profile as far as the page knows it: from an answer's summary, or /props. */
+function profileConfig(profile) {
   for (const a of state.answers) {
-    if (a.summary?.config && (a.request.profile ?? "") === (profile ?? "")) return thresholds(a.summary.config);
+    if (a.summary?.config && (a.request.profile ?? "") === (profile ?? "")) return a.summary.config;
   }
   const c = propsConfig(state.props);
   const same = !profile || !c?.profile || profile === c.profile || profile === state.props?.profile;
-  return same ? thresholds(c) : null;
+  return same ? c : null;
 }
+
+const profileLimits = (profile) => thresholds(profileConfig(profile));
 
 function describeSettings() {
   const profile = ui.profile.value.trim();
@@ -371,7 +373,7 @@ ui.newChat.addEventListener("click", () => {
   ui.prompt.focus();
 });
 ui.download.addEventListener("click", () => {
-  const text = runFile(state.answers);
+  const text = runFile(state.answers, (answer) => profileConfig(answer.request.profile));
   const url = URL.createObjectURL(new Blob([text], { type: "application/x-ndjson" }));
   const link = document.createElement("a");
   link.href = url;

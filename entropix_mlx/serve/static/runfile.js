@@ -26,12 +26,17 @@ export function summaryFromRecords(records, promptTokens = 0) {
 
 /**
  * One answer's summary object for the file: the server's summary when the answer finished, else
- * totals from its records; with the messages that led to it and the answer itself (as chat's /save).
+ * totals from its records and the sampler config `configFor` knows for it (so `plot` draws that
+ * profile's thresholds); with the messages that led to it and the answer (as chat's /save).
  */
-export function answerSummary(answer) {
+export function answerSummary(answer, configFor = () => null) {
   const body = answer.summary
     ? { ...answer.summary }
     : { ...summaryFromRecords(answer.records, answer.usage?.prompt_tokens ?? 0), interrupted: true };
+  if (!answer.summary) {
+    const config = configFor(answer);
+    if (config) body.config = config;
+  }
   const req = answer.request;
   body.sampler ??= req.sampler;
   body.profile ??= req.profile;
@@ -42,12 +47,12 @@ export function answerSummary(answer) {
 }
 
 /** The run file's text: records and a summary per answer that produced any record. */
-export function runFile(answers) {
+export function runFile(answers, configFor) {
   const lines = [];
   for (const answer of answers) {
     if (!answer.records.length) continue;
     for (const rec of answer.records) lines.push(JSON.stringify(rec));
-    lines.push(JSON.stringify({ summary: answerSummary(answer) }));
+    lines.push(JSON.stringify({ summary: answerSummary(answer, configFor) }));
   }
   return lines.map((l) => l + "\n").join("");
 }
