@@ -6,10 +6,12 @@ queueing). Each request takes milliseconds."""
 from __future__ import annotations
 
 import json
+import re
 import socket
 import threading
 import time
 from collections import Counter
+from pathlib import Path
 
 import httpx
 import pytest
@@ -877,3 +879,12 @@ def test_protocol_samplers_match_the_engine():
 def test_strict_json_never_writes_nan():
     text = protocol.dumps({"a": float("nan"), "b": [float("inf")], "c": 1.5})
     assert strict(text) == {"a": None, "b": [None], "c": 1.5}
+
+
+def test_the_readme_client_example_runs(served, capsys):
+    readme = (Path(__file__).resolve().parents[1] / "README.md").read_text()
+    section = readme[readme.index("## Serving over HTTP") :]
+    code = re.search(r"```python\n(.*?)```", section, re.S).group(1)
+    exec(code.replace("http://127.0.0.1:8080", served.url), {})
+    out = capsys.readouterr().out
+    assert "H=" in out and "argmax" in out
