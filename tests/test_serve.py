@@ -888,3 +888,18 @@ def test_the_readme_client_example_runs(served, capsys):
     exec(code.replace("http://127.0.0.1:8080", served.url), {})
     out = capsys.readouterr().out
     assert "H=" in out and "argmax" in out
+
+
+def test_cli_bad_flags_and_a_busy_port_are_one_line(monkeypatch, capsys):
+    from conftest import run_main
+
+    code, _, err = run_main(monkeypatch, capsys, ["serve", "--sampler", "magic"])
+    assert code == 1 and err.count("\n") == 1 and "--sampler magic" in err
+    code, _, err = run_main(monkeypatch, capsys, ["serve", "--queue", "0"])
+    assert code == 2 and err.count("\n") == 1 and "--queue" in err
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        s.listen()
+        port = s.getsockname()[1]
+        code, _, err = run_main(monkeypatch, capsys, ["serve", "--port", str(port)])
+    assert code == 1 and err.count("\n") == 1 and f"--port {port}: cannot listen" in err

@@ -80,6 +80,7 @@ def fingerprint(engine: Engine, sampler: str, config: SamplerConfig, params: Any
     """Package version, model, layout, device and sampling settings: equal fingerprints, seeds
     and prompts give equal tokens."""
     info = engine.info
+    params = params if sampler == "sample" else None  # the others never read them
     key = [_version(), info.name, info.layout, info.device, sampler, asdict(config), params]
     return (
         "fp_"
