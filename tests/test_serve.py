@@ -903,3 +903,21 @@ def test_cli_bad_flags_and_a_busy_port_are_one_line(monkeypatch, capsys):
         port = s.getsockname()[1]
         code, _, err = run_main(monkeypatch, capsys, ["serve", "--port", str(port)])
     assert code == 1 and err.count("\n") == 1 and f"--port {port}: cannot listen" in err
+
+
+def test_the_web_page_is_served_from_static(tmp_path, monkeypatch):
+    from entropix_mlx.serve import app
+
+    (tmp_path / "index.html").write_text("<!doctype html><title>entropix</title>")
+    (tmp_path / "page.js").write_text("console.log(1)")
+    monkeypatch.setattr(app, "STATIC", tmp_path)
+    bg = start(api_key="k")  # the page itself needs no key; the API behind it does
+    try:
+        r = httpx.get(bg.url + "/")
+        assert r.status_code == 200 and "<title>entropix</title>" in r.text
+        assert r.headers["content-type"].startswith("text/html")
+        r = httpx.get(bg.url + "/static/page.js")
+        assert r.status_code == 200 and r.text == "console.log(1)"
+        assert httpx.get(bg.url + "/props").status_code == 401
+    finally:
+        bg.stop()
