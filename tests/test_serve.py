@@ -6,10 +6,12 @@ queueing). Each request takes milliseconds."""
 from __future__ import annotations
 
 import json
+import re
 import socket
 import threading
 import time
 from collections import Counter
+from pathlib import Path
 
 import httpx
 import pytest
@@ -877,3 +879,45 @@ def test_protocol_samplers_match_the_engine():
 def test_strict_json_never_writes_nan():
     text = protocol.dumps({"a": float("nan"), "b": [float("inf")], "c": 1.5})
     assert strict(text) == {"a": None, "b": [None], "c": 1.5}
+
+
+def test_the_readme_client_example_runs(served, capsys):
+    readme = (Path(__file__).resolve().parents[1] / "README.md").read_text()
+    section = readme[readme.index("## Serving over HTTP") :]
+    code = re.search(r"```python\n(.*?)```", section, re.S).group(1)
+    exec(code.replace("http://127.0.0.1:8080", served.url), {})
+    out = capsys.readouterr().out
+    assert "H=" in out and "argmax" in out
+
+
+def test_cli_bad_flags_and_a_busy_port_are_one_line(monkeypatch, capsys):
+    from conftest import run_main
+
+    code, _, err = run_main(monkeypatch, capsys, ["serve", "--sampler", "magic"])
+    assert code == 1 and err.count("\n") == 1 and "--sampler magic" in err
+    code, _, err = run_main(monkeypatch, capsys, ["serve", "--queue", "0"])
+    assert code == 2 and err.count("\n") == 1 and "--queue" in err
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        s.listen()
+        port = s.getsockname()[1]
+        code, _, err = run_main(monkeypatch, capsys, ["serve", "--port", str(port)])
+    assert code == 1 and err.count("\n") == 1 and f"--port {port}: cannot listen" in err
+
+
+def test_the_web_page_is_served_from_static(tmp_path, monkeypatch):
+    from entropix_mlx.serve import app
+
+    (tmp_path / "index.html").write_text("<!doctype html><title>entropix</title>")
+    (tmp_path / "page.js").write_text("console.log(1)")
+    monkeypatch.setattr(app, "STATIC", tmp_path)
+    bg = start(api_key="k")  # the page itself needs no key; the API behind it does
+    try:
+        r = httpx.get(bg.url + "/")
+        assert r.status_code == 200 and "<title>entropix</title>" in r.text
+        assert r.headers["content-type"].startswith("text/html")
+        r = httpx.get(bg.url + "/static/page.js")
+        assert r.status_code == 200 and r.text == "console.log(1)"
+        assert httpx.get(bg.url + "/props").status_code == 401
+    finally:
+        bg.stop()

@@ -91,6 +91,8 @@ def test_greedy_logprobs_are_the_top_choice(real):
         )
     records = out.choices[0].model_extra["entropix"]["tokens"]
     assert {r["strategy"] for r in records} == {"greedy"}
+    plain = ask(real, seed=1, extra_body={"entropix": {"sampler": "greedy"}})
+    assert tokens(plain) == [r["token_id"] for r in records]  # top_logprobs change no token
 
 
 def tokens(r) -> list[int]:

@@ -21,6 +21,7 @@ from pathlib import Path
 from typing import Any
 
 from starlette.applications import Starlette
+from starlette.concurrency import run_in_threadpool
 from starlette.exceptions import HTTPException
 from starlette.middleware import Middleware
 from starlette.middleware.cors import CORSMiddleware
@@ -79,6 +80,7 @@ def fingerprint(engine: Engine, sampler: str, config: SamplerConfig, params: Any
     """Package version, model, layout, device and sampling settings: equal fingerprints, seeds
     and prompts give equal tokens."""
     info = engine.info
+    params = params if sampler == "sample" else None  # the others never read them
     key = [_version(), info.name, info.layout, info.device, sampler, asdict(config), params]
     return (
         "fp_"
@@ -232,7 +234,9 @@ class Server:
         length = request.headers.get("content-length")
         if length is None:
             raise ApiError(411, "the request has no Content-Length; send the body with its length")
-        if not length.isdigit() or int(length) > MAX_BODY:
+        if not length.isdigit():
+            raise ApiError(400, f"Content-Length {length!r} is not a number of bytes")
+        if int(length) > MAX_BODY:
             raise ApiError(
                 413, f"the request body is larger than {MAX_BODY // 2**20} MiB; send less"
             )
@@ -338,7 +342,8 @@ class Server:
     ) -> Response:
         try:
             req = parse(await self._body(request), self.settings.max_tokens)
-            engine, job, context = self._prepare(req)
+            # Tokenizing a long prompt takes a while: off the event loop, which serves the streams.
+            engine, job, context = await run_in_threadpool(self._prepare, req)
         except ApiError as e:
             return error_response(e)
         prefix = "chatcmpl-" if req.kind == "chat" else "cmpl-"
