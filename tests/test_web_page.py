@@ -343,3 +343,22 @@ def test_a_server_without_metrics_still_chats(page, fake):
     assert page.page.locator("#chart-hv circle.pt").count() == 0
     assert page.page.is_disabled("#download")  # no records, nothing a run file could hold
     assert page.errors == []
+
+
+def test_a_server_with_an_api_key_asks_for_it(context, fake):
+    fake.api_key = "sesame"
+    page = Page(context, fake.url)
+    try:
+        page.page.wait_for_selector("#error:not([hidden])")
+        assert "--api-key" in page.page.text_content("#error")
+        page.page.fill("#api-key", "sesame")
+        page.page.press("#api-key", "Enter")
+        page.page.dispatch_event("#api-key", "change")
+        page.page.wait_for_function("document.getElementById('model').textContent === 'fake-model'")
+        assert page.page.is_hidden("#error")
+        ask(page, "Hi")
+        assert len(page.answers()[0]["records"]) == FULL + 1
+        # the two 401s of the first /props are the only console errors (the browser logs them)
+        assert all("401" in e for e in page.errors)
+    finally:
+        page.page.close()

@@ -69,6 +69,7 @@ def answer_records(max_tokens: int) -> list[dict[str, Any]]:
 class FakeServer:
     delay: float = 0.0  # seconds between chunks
     metrics: bool = True  # False: no `entropix` objects (a server run with --no-metrics)
+    api_key: str | None = None  # like --api-key: /props and the API want `Authorization: Bearer`
     requests: list[dict[str, Any]] = field(default_factory=list)
     cancelled: int = 0
     processing: int = 0
@@ -89,7 +90,19 @@ class FakeServer:
                 self.end_headers()
                 self.wfile.write(body)
 
+            def _denied(self) -> bool:
+                sent = self.headers.get("Authorization")
+                if fake.api_key is None or sent == f"Bearer {fake.api_key}":
+                    return False
+                error = {
+                    "error": {"message": "the API key is missing", "type": "authentication_error"}
+                }
+                self._send(401, json.dumps(error).encode(), "application/json")
+                return True
+
             def do_GET(self) -> None:
+                if self.path == "/props" and self._denied():
+                    return
                 if self.path == "/props":
                     props = {"model": "fake-model", "default_sampler": "entropix",
                              "profile": "reference", "profiles": ["auto", "reference"],
@@ -109,6 +122,8 @@ class FakeServer:
 
             def do_POST(self) -> None:
                 body = json.loads(self.rfile.read(int(self.headers["Content-Length"])))
+                if self._denied():
+                    return
                 fake.requests.append(body)
                 if (
                     body.get("entropix", {}).get("profile") == "nope"

@@ -14,7 +14,7 @@ const ui = {
   newChat: $("new-chat"), download: $("download"), sampler: $("sampler"), profile: $("profile"),
   profiles: $("profiles"), seed: $("seed"), maxTokens: $("max-tokens"), system: $("system"),
   status: $("status"), model: $("model"), error: $("error"), legend: $("legend"),
-  chartTitle: $("chart-title"), card: $("card"), settings: $("settings"),
+  chartTitle: $("chart-title"), card: $("card"), settings: $("settings"), apiKey: $("api-key"),
 };
 
 const state = {
@@ -43,10 +43,23 @@ function propsConfig(props) {
   return props?.config ?? props?.sampler_config ?? props?.default_generation_settings?.config ?? null;
 }
 
+/** The Authorization header for a server started with --api-key (the key lives in this tab only). */
+function authHeaders() {
+  const key = ui.apiKey.value.trim();
+  return key ? { Authorization: `Bearer ${key}` } : {};
+}
+
 async function loadProps() {
   try {
-    const response = await fetch("/props");
+    const response = await fetch("/props", { headers: authHeaders() });
+    if (response.status === 401) {
+      ui.settings.open = true;
+      showError("this server was started with --api-key: enter the key under Settings (API key)");
+      setStatus("waiting for the API key");
+      return;
+    }
     if (!response.ok) throw new Error(await errorMessage(response));
+    showError("");
     const props = await response.json();
     state.props = props;
     ui.model.textContent = typeof props.model === "string" ? props.model : "";
@@ -167,7 +180,7 @@ async function send(text) {
   try {
     const response = await fetch("/v1/chat/completions", {
       method: "POST",
-      headers: { "Content-Type": "application/json" },
+      headers: { "Content-Type": "application/json", ...authHeaders() },
       signal: controller.signal,
       body: JSON.stringify({
         model: typeof state.props?.model === "string" ? state.props.model : "entropix",
@@ -384,6 +397,11 @@ ui.download.addEventListener("click", () => {
   setTimeout(() => URL.revokeObjectURL(url), 1000);
 });
 for (const input of [ui.sampler, ui.profile]) input.addEventListener("change", () => setStatus(describeSettings()));
+ui.apiKey.value = sessionStorage.getItem("entropix.apiKey") ?? "";
+ui.apiKey.addEventListener("change", () => {
+  sessionStorage.setItem("entropix.apiKey", ui.apiKey.value.trim());
+  loadProps();
+});
 
 buildLegend();
 ui.settings.open = matchMedia("(min-width: 901px)").matches; // folded away on phones
