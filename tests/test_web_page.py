@@ -202,6 +202,15 @@ def test_new_chat_during_an_answer_cancels_it_and_forgets_it(page, fake):
     assert len(page.answers()) == 1 and fake.cancelled == 1
 
 
+def test_a_long_answer_stays_in_sight_as_it_streams(page, fake):
+    fake.delay = 0.003
+    ask(page, "Go on", max_tokens=400)
+    log = page.page.locator("#log").bounding_box()
+    last = page.page.locator(".msg.assistant .tok").last.bounding_box()
+    assert page.page.evaluate("document.getElementById('log').scrollTop") > 0
+    assert log["y"] <= last["y"] and last["y"] + last["height"] <= log["y"] + log["height"] + 1
+
+
 def test_stop_cancels_the_request_and_keeps_the_partial_answer(page, fake):
     fake.delay = 0.05
     page.settings(max_tokens="400")

@@ -208,6 +208,7 @@ async function send(text) {
     else answer.error = e.message;
   } finally {
     state.controller = null;
+    const follow = inSight(answer);
     answer.end();
     if (state.history !== history) {
       // New chat was pressed during the answer: it belongs to the conversation that is gone
@@ -221,6 +222,7 @@ async function send(text) {
     }
     if (answer.error) showError(answer.error);
     answer.renderSummary();
+    if (follow && answer.node.isConnected) answer.node.scrollIntoView({ block: "end" });
     renderCharts();
     setBusy(false);
     setStatus(describeSettings());
@@ -239,13 +241,22 @@ function describeComment(comment) {
   return prefill ? `reading the prompt: ${prefill[1]}/${prefill[2]} tokens · Esc stops` : comment;
 }
 
+/** Whether the end of `answer` is in sight (then the view follows it as it grows). */
+function inSight(answer) {
+  const scrolls = ui.log.scrollHeight > ui.log.clientHeight + 1;
+  const bottom = scrolls ? Math.min(innerHeight, ui.log.getBoundingClientRect().bottom) : innerHeight;
+  return answer.node.getBoundingClientRect().bottom <= bottom + 8;
+}
+
 function receive(answer, chunk) {
   if (chunk.usage) answer.usage = chunk.usage;
   const choice = chunk.choices?.[0];
   if (!choice) return;
+  const follow = inSight(answer);
   const extra = choice.entropix;
   if (extra?.tokens?.length) answer.addRecords(extra.tokens);
   if (choice.delta?.content) answer.addText(choice.delta.content);
+  if (follow) answer.node.scrollIntoView({ block: "end" });
   if (extra?.summary) answer.summary = extra.summary;
   if (choice.finish_reason) answer.finishReason = choice.finish_reason;
   const n = answer.records.length;
