@@ -17,7 +17,8 @@ from typer.testing import CliRunner
 from entropix_mlx import cli
 from entropix_mlx.chat import session as chat_module
 from entropix_mlx.chat.loop import COMMANDS, run_chat
-from entropix_mlx.chat.session import ChatSession, common_prefix
+from entropix_mlx.chat.session import ChatSession
+from entropix_mlx.engine.tokens import first_difference
 from entropix_mlx.errors import ContextFullError, EntropixError
 from entropix_mlx.model.load import load
 
@@ -65,7 +66,7 @@ def test_second_turn_prefills_only_what_the_cache_lacks(tiny) -> None:
 
     second_ids = prompt_ids(s, "and again")
     second = list(s.turn("and again"))
-    reused = common_prefix(held, second_ids)
+    reused = first_difference(held, second_ids)
     assert reused >= len(first_ids)  # at least the whole first prompt came from the cache
     assert (
         second[0].prompt_tokens == len(second_ids) - reused < len(second_ids) - len(first_ids) + 8
@@ -202,7 +203,7 @@ def test_greedy_retry_repeats_the_answer_from_the_cache(tiny) -> None:
 
 def test_settings_and_stats(tiny, tmp_path: Path) -> None:
     s = session(tiny)
-    with pytest.raises(ValueError, match="not one of"):
+    with pytest.raises(ValueError, match="unknown sampler"):
         s.set_sampler("nucleus")
     s.set_sampler("sample")
     s.set_sampler("entropix")
@@ -244,7 +245,7 @@ def test_chat_with_piped_input(tiny_path: Path, tmp_path: Path) -> None:
     out = result.stdout
     assert "\x1b[" not in out  # not a terminal: plain text
     assert "unknown command /foo; /help lists the commands" in out
-    assert "1 answer · " in out and "sampler 'nope' is not one of" in out
+    assert "1 answer · " in out and "unknown sampler 'nope'" in out
     assert out.count("prefill") == 2  # the answer and the retry
     assert "never" not in out.split("/exit")[-1]
     md, jsonl = save.with_name("session.md"), save.with_name("session.jsonl")

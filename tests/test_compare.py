@@ -17,7 +17,8 @@ from entropix_mlx import cli
 from entropix_mlx.engine.generate import Summary, TokenEvent
 from entropix_mlx.engine.metrics import Metrics
 from entropix_mlx.engine.sampler import SamplingParams
-from entropix_mlx.lab.compare import Column, first_divergence
+from entropix_mlx.engine.tokens import first_difference
+from entropix_mlx.lab.compare import Column
 from entropix_mlx.ui import render as tui
 from entropix_mlx.ui.compare import MARK, render_answer, render_compare
 
@@ -68,8 +69,8 @@ def ids(events) -> list[int]:
         (["", ""], None),
     ],
 )
-def test_first_divergence(streams: list[str], expected: int | None) -> None:
-    assert first_divergence([ids(stream(s)) for s in streams]) == expected
+def test_first_difference(streams: list[str], expected: int | None) -> None:
+    assert first_difference(*[ids(stream(s)) for s in streams]) == expected
 
 
 def plain_render(renderable, width: int = 80) -> str:
@@ -85,7 +86,7 @@ def test_marker_sits_before_the_first_differing_token_in_every_column() -> None:
         column("entropix", stream("Paris is a city")),
         column("sample", stream("Paris is the city")),
     ]
-    at = first_divergence([c.token_ids for c in cols])
+    at = first_difference(*[c.token_ids for c in cols])
     assert at == 2
     assert render_answer(cols[0].events, at).plain == f" Paris is{MARK} the capital"
     out = plain_render(render_compare(cols, at, seed=42))
@@ -103,7 +104,7 @@ def test_identical_answers_and_an_early_end() -> None:
     same = [column("greedy", stream("a b c")), column("sample", stream("a b c"))]
     assert "all samplers chose the same 3 tokens" in plain_render(render_compare(same, None))
     short = [column("greedy", stream("a b")), column("sample", stream("a b c"))]
-    at = first_divergence([c.token_ids for c in short])
+    at = first_difference(*[c.token_ids for c in short])
     out = plain_render(render_compare(short, at))
     assert f"{MARK}(end)" in out and "greedy (ended)" in out
 
@@ -121,7 +122,7 @@ def test_columns_are_coloured_and_mixed_as_in_chat() -> None:
         theme=tui.THEME,
         legacy_windows=False,
     )
-    console.print(render_compare(cols, first_divergence([c.token_ids for c in cols])))
+    console.print(render_compare(cols, first_difference(*[c.token_ids for c in cols])))
     out = console.file.getvalue()
     assert "\x1b[38;2;86;180;233m sure" in out  # LELV sky blue, as tui colours it
     assert "\x1b[4;38;2;0;158;115m maybe" in out  # LEHV green, underlined for explore

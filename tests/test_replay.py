@@ -14,7 +14,7 @@ from typer.testing import CliRunner
 from entropix_mlx import cli
 from entropix_mlx.engine.records import read_run
 from entropix_mlx.errors import EntropixError
-from entropix_mlx.lab.replay import CheckResult, first_difference, load_run
+from entropix_mlx.lab.replay import CheckResult, load_run
 from entropix_mlx.ui import render as tui
 
 runner = CliRunner()
@@ -210,10 +210,7 @@ def test_reader_errors_name_the_file_and_line(tmp_path: Path, lines: list, needl
     assert needle in str(err.value) and "\n" not in str(err.value)
 
 
-def test_first_difference() -> None:
-    assert first_difference([1, 2, 3], [1, 2, 3]) is None
-    assert first_difference([1, 2, 3], [1, 5, 3]) == 1
-    assert first_difference([1, 2], [1, 2, 3]) == 2 and first_difference([], []) is None
+def test_check_result_describes_where_the_tokens_part() -> None:
     assert (
         "differs at token 1: recorded 2, decoded (end)" in CheckResult(1, (1, 2), (1,)).describe()
     )

@@ -101,7 +101,8 @@ def test_strategies_are_marked_on_top_of_the_colour() -> None:
     assert styles["resample"] == ("quad.hehv", "strategy.resample")
     assert styles["clarify"] == ("quad.helv", "strategy.clarify")
     assert styles["adaptive"] == ("quad.mid",)
-    inserted = tui.render_token(event(" ...", "HELV", inserted=True))
+    ev = event(" ...", "HELV", inserted=True)
+    inserted = tui.styled(ev.text, tui.token_styles(ev))
     assert [str(s.style) for s in inserted.spans] == [
         "strategy.inserted"
     ] and inserted.style == "quad.helv"

@@ -7,7 +7,6 @@ longest common prefix with what it already holds, prefills only the new tokens a
 
 from __future__ import annotations
 
-import os
 import random
 from collections import Counter
 from collections.abc import Callable, Iterator, Sequence
@@ -17,11 +16,14 @@ from typing import Any
 
 import mlx.core as mx
 
-from ..engine.config import SAMPLERS, SamplerConfig
+from ..engine.config import SamplerConfig, check_sampler
 from ..engine.generate import Summary, TokenEvent, generate
+from ..engine.options import random_seed
 from ..engine.records import JsonlWriter, event_record, summary_record
 from ..engine.sampler import SamplingParams
+from ..engine.tokens import first_difference
 from ..errors import EntropixError
+from ..tokenize.chat_template import chat_messages
 
 
 @dataclass(frozen=True)
@@ -40,15 +42,6 @@ class ChatStats:
     mean_entropy: float
     strategies: dict[str, int] = field(default_factory=dict)
     quadrants: dict[str, int] = field(default_factory=dict)
-
-
-def common_prefix(a: Sequence[int], b: Sequence[int]) -> int:
-    n = 0
-    for x, y in zip(a, b, strict=False):
-        if x != y:
-            break
-        n += 1
-    return n
 
 
 class ChatSession:
@@ -82,13 +75,11 @@ class ChatSession:
 
     def set_seed(self, seed: int | None) -> None:
         """Answers after this draw their seeds from `seed` in order, so a rerun repeats them."""
-        self.seed = seed if seed is not None else int.from_bytes(os.urandom(4), "little")
+        self.seed = seed if seed is not None else random_seed()
         self._seeds = random.Random(self.seed)
 
     def set_sampler(self, name: str) -> None:
-        if name not in SAMPLERS:
-            raise ValueError(f"sampler {name!r} is not one of {', '.join(SAMPLERS)}")
-        self.sampler = name
+        self.sampler = check_sampler(name)
 
     def set_system(self, text: str | None) -> None:
         """Replace the system message; the conversation continues under it."""
@@ -120,8 +111,7 @@ class ChatSession:
         return self._answer(list(history), progress)
 
     def template_messages(self, messages: Sequence[Message]) -> list[dict[str, str]]:
-        system = [{"role": "system", "content": self.system}] if self.system else []
-        return system + [{"role": m.role, "content": m.content} for m in messages]
+        return chat_messages(system=self.system, history=[(m.role, m.content) for m in messages])
 
     def _answer(
         self, history: list[Message], progress: Callable[[int, int], None] | None
@@ -130,7 +120,8 @@ class ChatSession:
             self.template_messages(history), add_generation_prompt=True
         )
         # Reuse the longest prefix the cache holds; at least one token is fed to get logits.
-        keep = min(common_prefix(self.cached_ids, ids), len(ids) - 1)
+        at = first_difference(self.cached_ids, ids)
+        keep = min(len(ids) if at is None else at, len(ids) - 1)
         self._settle(ids, keep)
         events: list[TokenEvent] = []
         stream = generate(

@@ -8,11 +8,15 @@ from __future__ import annotations
 import contextlib
 import sys
 from pathlib import Path
-from typing import Annotated, Any
+from typing import TYPE_CHECKING, Annotated, Any
 
 import typer
 
+from ..engine.config import SamplerConfig  # MLX-free
 from ..errors import EntropixError
+
+if TYPE_CHECKING:
+    from ..engine.options import DecodingOptions
 
 app = typer.Typer(
     add_completion=False,
@@ -33,14 +37,29 @@ ModelOpt = Annotated[
 MaxTokensOpt = Annotated[
     int, typer.Option("--max-tokens", "-n", min=1, help="Stop after this many tokens.")
 ]
-SamplerOpt = Annotated[str, typer.Option("--sampler", "-s", help="entropix | greedy | sample.")]
+_BASE = SamplerConfig()  # the reference profile: what `--help` quotes for `--sampler sample`
+SAMPLE_MEANS = (
+    "`sample` draws with the profile's base parameters, in every command (reference:"
+    f" T {_BASE.temperature:g}, top-k {_BASE.top_k}, top-p {_BASE.top_p:g}, min-p {_BASE.min_p:g})"
+)
+SAMPLE_FLAGS = "--temp, --top-k, --top-p and --min-p replace them one by one"
+SamplerOpt = Annotated[
+    str,
+    typer.Option(
+        "--sampler",
+        "-s",
+        help=f"entropix | greedy | sample. {SAMPLE_MEANS}; {SAMPLE_FLAGS}.",
+    ),
+]
 SeedOpt = Annotated[int | None, typer.Option("--seed", help="Make sampling reproducible.")]
 ProfileOpt = Annotated[
     str,
     typer.Option(
         "--profile",
-        help="Sampler thresholds: reference (the spec's), auto (calibrated for the model, else "
-        "reference), a name (smollm2) or a TOML path.",
+        help=(
+            "Sampler thresholds: reference (the spec's), auto (calibrated for the model, else"
+            " reference), a name (smollm2) or a TOML path."
+        ),
     ),
 ]
 SetOpt = Annotated[
@@ -50,16 +69,24 @@ SetOpt = Annotated[
     ),
 ]
 TempOpt = Annotated[
-    float, typer.Option("--temp", min=0.0, help="Temperature for --sampler sample.")
+    float | None,
+    typer.Option("--temp", min=0.0, help="Temperature of `sample` (default: the profile's)."),
 ]
 TopKOpt = Annotated[
-    int, typer.Option("--top-k", min=0, help="Top-k for --sampler sample (0 = off).")
+    int | None,
+    typer.Option("--top-k", min=0, help="Top-k of `sample`, 0 = off (default: the profile's)."),
 ]
 TopPOpt = Annotated[
-    float, typer.Option("--top-p", min=0.0, max=1.0, help="Top-p for --sampler sample (1 = off).")
+    float | None,
+    typer.Option(
+        "--top-p", min=0.0, max=1.0, help="Top-p of `sample`, 1 = off (default: the profile's)."
+    ),
 ]
 MinPOpt = Annotated[
-    float, typer.Option("--min-p", min=0.0, max=1.0, help="Min-p for --sampler sample (0 = off).")
+    float | None,
+    typer.Option(
+        "--min-p", min=0.0, max=1.0, help="Min-p of `sample`, 0 = off (default: the profile's)."
+    ),
 ]
 SystemOpt = Annotated[
     str | None, typer.Option("--system", help="System message for the chat template.")
@@ -95,23 +122,27 @@ def _read_prompt(path: str) -> str:
     return text
 
 
-def _sampling(
+def _options(
     sampler: str,
-    profile: str,
-    overrides: list[str] | None,
-    temp: float,
-    top_k: int,
-    top_p: float,
-    min_p: float,
     *,
+    max_tokens: int,
+    seed: int | None,
+    profile: str = "reference",
+    overrides: list[str] | None = None,
+    temp: float | None = None,
+    top_k: int | None = None,
+    top_p: float | None = None,
+    min_p: float | None = None,
     model: str | None = None,
-) -> dict[str, Any]:
-    from ..engine.config import AUTO_PROFILE, SAMPLERS, load_profile
-    from ..engine.sampler import SamplingParams
+) -> DecodingOptions:
+    """Every command's decoding options, built here and only here (errors: one line, exit 1)."""
+    from ..engine.config import AUTO_PROFILE, check_sampler, load_profile
+    from ..engine.options import decoding_options
 
-    if sampler not in SAMPLERS:
-        choices = f"{', '.join(SAMPLERS[:-1])} or {SAMPLERS[-1]}"
-        _fail(f"--sampler {sampler}: unknown sampler; choose {choices}")
+    try:
+        check_sampler(sampler)
+    except ValueError as e:
+        _fail(f"--sampler {sampler}: {e}")
     pairs = {}
     for item in overrides or []:
         name, sep, value = item.partition("=")
@@ -121,10 +152,28 @@ def _sampling(
     try:  # commands call this before `_guard`, so its errors become one line here
         name = _model_file_name(model) if profile == AUTO_PROFILE else None
         config = load_profile(profile, model=name).with_overrides(pairs)
-        params = SamplingParams(temperature=temp, top_k=top_k, top_p=top_p, min_p=min_p)
+        return decoding_options(
+            sampler,
+            config,
+            max_tokens=max_tokens,
+            seed=seed,
+            temperature=temp,
+            top_k=top_k,
+            top_p=top_p,
+            min_p=min_p,
+        )
     except (ValueError, EntropixError) as e:
         _fail(str(e))
-    return {"sampler": sampler, "config": config, "params": params}
+
+
+def _sampler_names(text: str) -> tuple[str, ...]:
+    """`--samplers a,b` (compare, eval): each known and named once, else one line and exit 1."""
+    from ..engine.config import sampler_names
+
+    try:
+        return sampler_names(text)
+    except ValueError as e:
+        _fail(f"--samplers {text}: {e}")
 
 
 def _model_file_name(model: str | None) -> str:
@@ -134,23 +183,21 @@ def _model_file_name(model: str | None) -> str:
     return resolve_model(model).name
 
 
-def _show_profile(console, options: dict[str, Any], model_name: str) -> None:
+def _show_profile(console, sampler: str, config: SamplerConfig, model_name: str) -> None:
     from ..engine.config import profile_for_model
     from ..ui import render as tui
 
-    suggested = profile_for_model(model_name)
-    console.print(tui.render_profile(options["sampler"], options["config"], suggested))
+    console.print(tui.render_profile(sampler, config, profile_for_model(model_name)))
 
 
 def _prompt_ids(tok, text: str, system: str | None, raw: bool) -> list[int]:
+    from ..tokenize.chat_template import chat_messages
+
     if raw:
         return tok.encode(text, add_special=True)
     # A file's final newline is not part of the message (it derails small models: "Paris." became
     # French nonsense on SmolLM2); --raw keeps the text byte for byte.
-    messages = ([{"role": "system", "content": system}] if system else []) + [
-        {"role": "user", "content": text.strip()}
-    ]
-    return tok.apply_chat_template(messages)
+    return tok.apply_chat_template(chat_messages(text.strip(), system=system))
 
 
 def _stream_answer(stream, events: list, out, writer) -> None:
@@ -167,25 +214,26 @@ def _stream_answer(stream, events: list, out, writer) -> None:
                 writer.write(event_record(ev))
 
 
-def _load(console, model: str | None) -> tuple:
-    """Load with a spinner naming the model, then one line: name, size, quantization, device,
-    time."""
+def _load(console, model: str | None, *, quiet: bool = False) -> tuple:
+    """Load with a spinner naming the model, then (unless `quiet`) `_show_model`'s line."""
     from ..model.load import load
     from ..ui import render as tui
 
     with tui.loading(console, model) as progress:
         loaded = load(model, progress=progress)
-    console.print(tui.render_model_info(loaded[2]))
-    notice = tui.render_blas_notice(loaded[2].blas)
-    if notice is not None:
-        console.print(notice)
+    if not quiet:
+        _show_model(console, loaded[2])
     return loaded
 
 
-def _random_seed() -> int:
-    import os
+def _show_model(console, info) -> None:
+    """One line: name, size, quantization, device, time; and a notice on a slow BLAS."""
+    from ..ui import render as tui
 
-    return int.from_bytes(os.urandom(4), "little")
+    console.print(tui.render_model_info(info))
+    notice = tui.render_blas_notice(info.blas)
+    if notice is not None:
+        console.print(notice)
 
 
 def _guard(fn, *args: Any) -> None:

@@ -19,8 +19,7 @@ from .app import (
     TopPOpt,
     _guard,
     _load,
-    _random_seed,
-    _sampling,
+    _options,
     _show_profile,
     app,
 )
@@ -35,18 +34,29 @@ def chat(
     seed: SeedOpt = None,
     profile: ProfileOpt = "reference",
     set_: SetOpt = None,
-    temp: TempOpt = 0.7,
-    top_k: TopKOpt = 0,
-    top_p: TopPOpt = 1.0,
-    min_p: MinPOpt = 0.0,
+    temp: TempOpt = None,
+    top_k: TopKOpt = None,
+    top_p: TopPOpt = None,
+    min_p: MinPOpt = None,
     plain: PlainOpt = False,
 ) -> None:
     """Talk to the model, every token coloured by its quadrant (/help lists the commands)."""
-    options = _sampling(sampler, profile, set_, temp, top_k, top_p, min_p, model=model)
-    _guard(_chat, model, system, max_tokens, seed, plain, options)
+    options = _options(
+        sampler,
+        max_tokens=max_tokens,
+        seed=seed,
+        profile=profile,
+        overrides=set_,
+        temp=temp,
+        top_k=top_k,
+        top_p=top_p,
+        min_p=min_p,
+        model=model,
+    )
+    _guard(_chat, model, system, plain, options)
 
 
-def _chat(model, system, max_tokens, seed, plain, options) -> None:
+def _chat(model, system, plain, options) -> None:
     from ..chat.loop import run_chat
     from ..chat.session import ChatSession
     from ..ui import render as tui
@@ -55,15 +65,16 @@ def _chat(model, system, max_tokens, seed, plain, options) -> None:
     plain = tui.wants_plain(plain, sys.stdout)
     console = tui.make_console(plain=plain)
     mdl, tok, info = _load(console, model)
-    _show_profile(console, options, info.name)
-    seed = seed if seed is not None else _random_seed()
+    _show_profile(console, options.sampler, options.config, info.name)
     session = ChatSession(
         mdl,
         tok,
         system=system,
-        max_tokens=max_tokens,
-        seed=seed,
+        sampler=options.sampler,
+        config=options.config,
+        params=options.params,
+        max_tokens=options.max_tokens,
+        seed=options.seed,
         context_limit=info.context_length,
-        **options,
     )
     run_chat(session, ChatView(console, plain=plain), model=info.name, device=info.device)

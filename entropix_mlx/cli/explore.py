@@ -5,13 +5,13 @@ MLX is imported inside command bodies only (through the helpers), so `entropix -
 
 from __future__ import annotations
 
-import sys
 from pathlib import Path
 from typing import Annotated, Any
 
 import typer
 
 from .app import (
+    SAMPLE_MEANS,
     MaxTokensOpt,
     ModelOpt,
     PlainOpt,
@@ -21,13 +21,12 @@ from .app import (
     SystemOpt,
     TempOpt,
     TopPOpt,
-    _fail,
     _guard,
     _load,
+    _options,
     _prompt_ids,
-    _random_seed,
     _read_prompt,
-    _sampling,
+    _sampler_names,
     _show_profile,
     _stream_answer,
     app,
@@ -55,7 +54,8 @@ def compare(
     samplers: Annotated[
         str,
         typer.Option(
-            "--samplers", help="Comma-separated samplers to compare: entropix, greedy, sample."
+            "--samplers",
+            help=f"Comma-separated, each once: entropix, greedy, sample. {SAMPLE_MEANS}.",
         ),
     ] = "greedy,entropix,sample",
     model: ModelOpt = None,
@@ -63,8 +63,8 @@ def compare(
     seed: SeedOpt = None,
     profile: ProfileOpt = "reference",
     set_: SetOpt = None,
-    temp: TempOpt = 0.7,
-    top_p: TopPOpt = 1.0,
+    temp: TempOpt = None,
+    top_p: TopPOpt = None,
     system: SystemOpt = None,
     plain: PlainOpt = False,
     plot: PlotOpt = False,
@@ -76,56 +76,47 @@ def compare(
     """
     names = _sampler_names(samplers)
     text = _read_prompt(prompt_file)
-    options = [_sampling(n, profile, set_, temp, 0, top_p, 0.0, model=model) for n in names]
-    _guard(_compare, text, system, model, max_tokens, seed, plain, plot, options)
+    options = _options(
+        names[0],
+        max_tokens=max_tokens,
+        seed=seed,
+        profile=profile,
+        overrides=set_,
+        temp=temp,
+        top_p=top_p,
+        model=model,
+    )
+    _guard(_compare, text, system, model, plain, plot, [options.with_sampler(n) for n in names])
 
 
-def _sampler_names(samplers: str) -> list[str]:
-    from ..engine.config import SAMPLERS
-
-    names = [s.strip() for s in samplers.split(",") if s.strip()]
-    for name in names:
-        if name not in SAMPLERS:
-            _fail(
-                f"--samplers {samplers}: unknown sampler {name!r};"
-                f" choose from {', '.join(SAMPLERS)}"
-            )
-    if not names or len(set(names)) != len(names):
-        _fail(f"--samplers {samplers}: name each sampler once, e.g. --samplers greedy,entropix")
-    return names
-
-
-def _compare(text, system, model, max_tokens, seed, plain, plot, options) -> None:
+def _compare(text, system, model, plain, plot, options) -> None:
     from ..engine.generate import Summary, generate
+    from ..engine.tokens import first_difference
     from ..lab import compare
     from ..ui import compare as compare_view
     from ..ui import render as tui
 
-    err = tui.make_console(plain=tui.wants_plain(plain, sys.stderr), stderr=True)
-    out = tui.make_console(plain=tui.wants_plain(plain, sys.stdout))
+    err, out = tui.console(plain, stderr=True), tui.console(plain)
     mdl, tok, info = _load(err, model)
-    _show_profile(
-        err, next((o for o in options if o["sampler"] == "entropix"), options[0]), info.name
-    )
-    seed = seed if seed is not None else _random_seed()
+    shown = "entropix" if any(o.sampler == "entropix" for o in options) else options[0].sampler
+    _show_profile(err, shown, options[0].config, info.name)
     ids = _prompt_ids(tok, text, system, raw=False)
     columns = []
-    with compare_view.decoding(err, max_tokens) as progress:
+    with compare_view.decoding(err, options[0].max_tokens) as progress:
         for opt in options:
             events = []
-            for ev in generate(mdl, tok, ids, max_tokens=max_tokens, seed=seed, **opt):
+            for ev in generate(mdl, tok, ids, **opt.generate_kwargs()):
                 events.append(ev)
-                progress(opt["sampler"], len(events))
-            columns.append(
-                compare.Column(opt["sampler"], tuple(events), Summary.from_events(events))
-            )
-    at = compare.first_divergence([c.token_ids for c in columns])
+                progress(opt.sampler, len(events))
+            columns.append(compare.Column(opt.sampler, tuple(events), Summary.from_events(events)))
+    at = first_difference(*(c.token_ids for c in columns))
+    seed = options[0].seed
     out.print(compare_view.render_compare(columns, at, seed=seed, bar=out.color_system is not None))
     if plot:
         from ..ui.plots import render_plots
 
         for col, opt in zip(columns, options, strict=True):
-            out.print(render_plots(col.events, opt["config"], title=col.sampler))
+            out.print(render_plots(col.events, opt.config, title=col.sampler))
 
 
 @app.command()
@@ -163,8 +154,7 @@ def _replay(path: Path, plot: bool, plain: bool, model: str | None) -> None:
 
     run = load_run(path)
     thresholds = plot_thresholds(run) if plot else [None] * len(run.answers)  # fail before output
-    err = tui.make_console(plain=tui.wants_plain(plain, sys.stderr), stderr=True)
-    out = tui.make_console(plain=tui.wants_plain(plain, sys.stdout))
+    err, out = tui.console(plain, stderr=True), tui.console(plain)
     err.print(_describe(run.context, path), style="ui.muted")
     for answer, limits in zip(run.answers, thresholds, strict=True):
         ctx = answer.context
@@ -194,21 +184,12 @@ def _check(path: Path, plot: bool, plain: bool, model: str | None) -> None:
 
     run = load_run(path)
     recipes = [recipe(a, i + 1, path, model) for i, a in enumerate(run.answers)]
-    err = tui.make_console(plain=tui.wants_plain(plain, sys.stderr), stderr=True)
+    err = tui.console(plain, stderr=True)
     mdl, tok, _ = _load(err, recipes[0].model)
     results = []
     for i, (answer, r) in enumerate(zip(run.answers, recipes, strict=True)):
         ids = _prompt_ids(tok, r.prompt, r.system, r.raw)
-        stream = generate(
-            mdl,
-            tok,
-            ids,
-            sampler=r.sampler,
-            max_tokens=r.max_tokens,
-            seed=r.seed,
-            config=r.config,
-            params=r.params,
-        )
+        stream = generate(mdl, tok, ids, **r.options.generate_kwargs())
         decoded = tuple(ev.token_id for ev in stream)
         results.append(CheckResult(i + 1, tuple(ev.token_id for ev in answer.events), decoded))
         typer.echo(results[-1].describe())
@@ -239,7 +220,7 @@ def _plot(path: Path, height: int, width: int | None, plain: bool) -> None:
     from ..ui.plots import render_plots
 
     run = load_run(path)
-    out = tui.make_console(plain=tui.wants_plain(plain, sys.stdout))
+    out = tui.console(plain)
     many = len(run.answers) > 1
     for i, (answer, limits) in enumerate(zip(run.answers, plot_thresholds(run), strict=True)):
         title = f"answer {i + 1}" if many else None

@@ -4,14 +4,23 @@
 from __future__ import annotations
 
 import datetime
-import sys
 from pathlib import Path
 from typing import Annotated
 
 import typer
 
 from ..errors import EntropixError
-from .app import ModelOpt, PlainOpt, ProfileOpt, _fail, _guard, _load, _model_file_name, app
+from .app import (
+    ModelOpt,
+    PlainOpt,
+    ProfileOpt,
+    _fail,
+    _guard,
+    _load,
+    _options,
+    _sampler_names,
+    app,
+)
 
 InFile = dict(exists=True, dir_okay=False, readable=True)
 
@@ -97,7 +106,7 @@ def _calibrate(prompt_file, out, model, max_tokens, quantiles, base, plain) -> N
     from ..ui import tables
 
     prompts = load_prompts(prompt_file)
-    err = tui.make_console(plain=tui.wants_plain(plain, sys.stderr), stderr=True)
+    err = tui.console(plain, stderr=True)
     mdl, tok, info = _load(err, model)
     label = f"calibrating on {len(prompts)} prompts"
     with err.status(label) as status:
@@ -115,7 +124,7 @@ def _calibrate(prompt_file, out, model, max_tokens, quantiles, base, plain) -> N
         samples=samples,
     )
     out.write_text(render_profile_toml(config, header, models=[info.name]), encoding="utf-8")
-    console = tui.make_console(plain=tui.wants_plain(plain, sys.stdout))
+    console = tui.console(plain)
     console.print(tables.calibration_report(out, config, base, samples, plain))
 
 
@@ -138,7 +147,7 @@ def eval_(
         typer.Option(
             "--samplers",
             "-s",
-            help="Comma-separated samplers to compare: entropix, greedy, sample.",
+            help="Comma-separated samplers to compare, each once: entropix, greedy, sample.",
         ),
     ] = "greedy,entropix,sample",
     model: ModelOpt = None,
@@ -163,28 +172,20 @@ def eval_(
 ) -> None:
     """Score samplers on a question set: accuracy, mean tokens, tok/s and strategy mix.
 
-    Every sampler answers every question; `sample` uses the profile's T0/k0/p0/m0."""
-    from ..engine.config import AUTO_PROFILE, SAMPLERS, load_profile
+    Every sampler answers every question; `sample` uses the profile's T0/k0/p0/m0, as everywhere."""
     from ..lab.evaluate import load_questions
 
-    names = list(dict.fromkeys(s.strip() for s in samplers.split(",") if s.strip()))
-    unknown = [s for s in names if s not in SAMPLERS]
-    if unknown or not names:
-        _fail(
-            f"--samplers {samplers}: unknown sampler {unknown[0] if unknown else '(none)'!r};"
-            f" choose from {', '.join(SAMPLERS)}"
-        )
+    names = _sampler_names(samplers)
+    options = _options(names[0], max_tokens=max_tokens, seed=seed, profile=profile, model=model)
     _out_path(jsonl, "--jsonl", ".jsonl")
     try:
         items = load_questions(questions)
-        name = _model_file_name(model) if profile == AUTO_PROFILE else None
-        config = load_profile(profile, model=name)
     except (EntropixError, ValueError) as e:  # one line, before the model loads
         _fail(str(e))
-    _guard(_eval, questions, items, names, model, max_tokens, seed, config, jsonl, plain)
+    _guard(_eval, questions, items, names, model, options, jsonl, plain)
 
 
-def _eval(path, questions, samplers, model, max_tokens, seed, config, jsonl, plain) -> None:
+def _eval(path, questions, samplers, model, options, jsonl, plain) -> None:
     import contextlib
     import dataclasses
 
@@ -194,12 +195,13 @@ def _eval(path, questions, samplers, model, max_tokens, seed, config, jsonl, pla
     from ..ui import render as tui
     from ..ui import tables
 
-    err = tui.make_console(plain=tui.wants_plain(plain, sys.stderr), stderr=True)
-    out = tui.make_console(plain=tui.wants_plain(plain, sys.stdout))
+    err, out = tui.console(plain, stderr=True), tui.console(plain)
     mdl, tok, info = _load(err, model)
+    config, max_tokens, seed = options.config, options.max_tokens, options.seed
     err.print(tui.render_profile(", ".join(samplers), config, profile_for_model(info.name)))
     answers = []
     with JsonlWriter(jsonl) if jsonl else contextlib.nullcontext() as writer:
+        # `sample` draws with the config's base parameters: `options.params`, as in every command.
         for answer in answer_questions(
             mdl, tok, questions, samplers, config=config, max_tokens=max_tokens, seed=seed
         ):
@@ -222,4 +224,4 @@ def _eval(path, questions, samplers, model, max_tokens, seed, config, jsonl, pla
                     }
                 }
             )
-    out.print(tables.eval_table(rows, bar=not tui.wants_plain(plain, sys.stdout)))
+    out.print(tables.eval_table(rows, bar=out.color_system is not None))

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import contextlib
 import json
-import sys
 from pathlib import Path
 from typing import Annotated, Any
 
@@ -26,10 +25,10 @@ from .app import (
     _fail,
     _guard,
     _load,
+    _options,
     _prompt_ids,
-    _random_seed,
     _read_prompt,
-    _sampling,
+    _show_model,
     _show_profile,
     _stream_answer,
     app,
@@ -52,10 +51,10 @@ def run(
     seed: SeedOpt = None,
     profile: ProfileOpt = "reference",
     set_: SetOpt = None,
-    temp: TempOpt = 0.7,
-    top_k: TopKOpt = 0,
-    top_p: TopPOpt = 1.0,
-    min_p: MinPOpt = 0.0,
+    temp: TempOpt = None,
+    top_k: TopKOpt = None,
+    top_p: TopPOpt = None,
+    min_p: MinPOpt = None,
     raw: Annotated[
         bool,
         typer.Option(
@@ -80,8 +79,19 @@ def run(
 ) -> None:
     """Generate an answer for each prompt in a file, each token coloured by its quadrant."""
     prompts = _read_prompts(prompt_file, system)
-    options = _sampling(sampler, profile, set_, temp, top_k, top_p, min_p, model=model)
-    _guard(_run, prompts, model, max_tokens, seed, raw, jsonl, plain, as_json, options, plot)
+    options = _options(
+        sampler,
+        max_tokens=max_tokens,
+        seed=seed,
+        profile=profile,
+        overrides=set_,
+        temp=temp,
+        top_k=top_k,
+        top_p=top_p,
+        min_p=min_p,
+        model=model,
+    )
+    _guard(_run, prompt_file, prompts, model, raw, jsonl, plain, as_json, options, plot)
 
 
 def _read_prompts(path: str, system: str | None) -> list[dict[str, Any]]:
@@ -115,28 +125,29 @@ def _read_prompts(path: str, system: str | None) -> list[dict[str, Any]]:
     return prompts
 
 
-def _run(prompts, model, max_tokens, seed, raw, jsonl, plain, as_json, options, plot=False) -> None:
+def _run(path, prompts, model, raw, jsonl, plain, as_json, options, plot=False) -> None:
     import mlx.core as mx
 
     from ..engine.generate import Summary, generate
     from ..engine.records import JsonlWriter, summary_record
     from ..ui import render as tui
 
-    err = tui.make_console(plain=tui.wants_plain(plain, sys.stderr), stderr=True)
-    out = tui.make_console(plain=tui.wants_plain(plain, sys.stdout))
-    mdl, tok, info = _load(err, model)
-    _show_profile(err, options, info.name)
-    seed = seed if seed is not None else _random_seed()
+    err, out = tui.console(plain, stderr=True), tui.console(plain)
+    mdl, tok, info = _load(err, model, quiet=True)
+    prompt_ids = [_prompt_ids(tok, item["prompt"], item["system"], raw) for item in prompts]
+    _check_fits(path, prompt_ids, mdl.args.max_position_embeddings)  # before anything is printed
+    _show_model(err, info)
+    _show_profile(err, options.sampler, options.config, info.name)
     # Everything `entropix replay --check` needs to decode the same tokens again.
     context = {
         "model": info.name,
         "device": info.device,
-        "seed": seed,
-        "sampler": options["sampler"],
-        "config": options["config"],
-        "params": options["params"],
+        "seed": options.seed,
+        "sampler": options.sampler,
+        "config": options.config,
+        "params": options.params,
         "model_path": str(info.path.resolve()),
-        "max_tokens": max_tokens,
+        "max_tokens": options.max_tokens,
         "raw": raw,
         "prompt_count": len(prompts),
     }
@@ -144,10 +155,9 @@ def _run(prompts, model, max_tokens, seed, raw, jsonl, plain, as_json, options, 
         for i, item in enumerate(prompts):
             if len(prompts) > 1 and not as_json:
                 out.print(tui.render_header(i + 1, len(prompts), item["prompt"]))
-            ids = _prompt_ids(tok, item["prompt"], item["system"], raw)
             events: list = []
             try:
-                stream = generate(mdl, tok, ids, max_tokens=max_tokens, seed=seed, **options)
+                stream = generate(mdl, tok, prompt_ids[i], **options.generate_kwargs())
                 _stream_answer(stream, events, None if as_json else out, writer)
             finally:  # a Ctrl-C still leaves the summary of what was generated
                 summary, peak = Summary.from_events(events), mx.get_peak_memory()
@@ -166,13 +176,24 @@ def _run(prompts, model, max_tokens, seed, raw, jsonl, plain, as_json, options, 
             if plot and not as_json:
                 from ..ui.plots import render_plots
 
-                out.print(render_plots(events, options["config"]))
+                out.print(render_plots(events, options.config))
             if as_json:
                 result = {
                     "prompt": item["prompt"],
                     "text": "".join(e.text for e in events),
                 } | record
                 typer.echo(json.dumps(result, ensure_ascii=False))
+
+
+def _check_fits(path: str, prompt_ids: list[list[int]], limit: int) -> None:
+    """One line and exit 1 when a prompt leaves no room in the model's context to answer."""
+    for i, ids in enumerate(prompt_ids):
+        if len(ids) >= limit:
+            which = f"prompt {i + 1}" if len(prompt_ids) > 1 else "the prompt"
+            _fail(
+                f"--prompt-file {path}: {which} is {len(ids)} tokens, which leaves no room in the"
+                f" model's context of {limit} tokens; shorten it"
+            )
 
 
 @app.command()
@@ -206,18 +227,18 @@ def _tokenize(model: str | None, source: str, as_json: bool) -> None:
 
 
 @app.command()
-def models() -> None:
+def models(plain: PlainOpt = False) -> None:
     """List the models under models/ with architecture, size and quantization."""
-    _guard(_models)
+    _guard(_models, plain)
 
 
-def _models() -> None:
+def _models(plain: bool) -> None:
     from rich.table import Table
 
     from ..model.load import list_models, runtime_summary
     from ..ui import render as tui
 
-    console = tui.make_console(plain=not sys.stdout.isatty())
+    console = tui.console(plain)
     table = Table("name", "arch", "size", "quantization", box=None)
     for m in list_models():
         table.add_row(m.name, m.arch, f"{m.size_bytes / 2**20:.0f} MiB", m.quantization)

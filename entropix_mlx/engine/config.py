@@ -18,10 +18,27 @@ from typing import Any
 from ..errors import EntropixError
 
 SAMPLERS = ("entropix", "greedy", "sample")
+# The §2 quadrants, least to most uncertain: the one order every table, bar and legend uses.
+QUADRANTS = ("LELV", "MID", "LEHV", "HELV", "HEHV")
 ATTENTION_LAYERS = ("all", "last")  # whose attention the metrics read: every layer or the final one
 AUTO_PROFILE = "auto"
 MODELS_KEY = "models"  # a calibrated profile's model-name globs (not a SamplerConfig field)
 INF = math.inf
+
+
+def check_sampler(name: str) -> str:
+    """`name` if it is one of SAMPLERS, else a ValueError naming the choices."""
+    if name not in SAMPLERS:
+        raise ValueError(f"unknown sampler {name!r}; choose from {', '.join(SAMPLERS)}")
+    return name
+
+
+def sampler_names(text: str) -> tuple[str, ...]:
+    """Comma-separated sampler names (`greedy,entropix`), each known and named once."""
+    names = tuple(check_sampler(s.strip()) for s in text.split(",") if s.strip())
+    if not names or len(set(names)) != len(names):
+        raise ValueError("name each sampler once, e.g. greedy,entropix")
+    return names
 
 
 def _num(default: float, lo: float = -INF, hi: float = INF, *, open_lo: bool = False) -> Any:

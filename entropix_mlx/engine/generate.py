@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import math
-import os
 import time
 from collections import Counter
 from collections.abc import Callable, Collection, Iterator, Sequence
@@ -17,6 +16,7 @@ from ..model.llama import Model, ModelOutput
 from ..tokenize.tokenizer import Tokenizer
 from .config import SamplerConfig
 from .metrics import Metrics, step_metrics
+from .options import random_seed
 from .sampler import Sampler, SamplingParams, make_sampler
 from .textstream import TextStream
 
@@ -149,7 +149,7 @@ def generate(
             f"the prompt ({cache[0].offset + len(prompt_ids)} tokens) does not fit the context "
             f"of {limit}; shorten it or start a new conversation"
         )
-    key = mx.random.key(seed if seed is not None else int.from_bytes(os.urandom(4), "little"))
+    key = mx.random.key(seed if seed is not None else random_seed())
     stops = frozenset(tokenizer.stop_ids if stop_ids is None else stop_ids)
     text = TextStream(tokenizer, stop_strings)
 

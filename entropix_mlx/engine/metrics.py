@@ -19,6 +19,7 @@ from typing import NamedTuple
 import mlx.core as mx
 import numpy as np
 
+from ..model.backend import on_cpu
 from .config import ATTENTION_LAYERS  # valid `SamplerConfig.attention_layers`, MLX-free there
 
 METRIC_NAMES = (
@@ -204,7 +205,7 @@ def step_metrics(logits: mx.array, scores: mx.array, layers: str = "all") -> Met
 
     Evaluates them if the caller has not yet; picks the faster implementation for the device.
     """
-    if mx.default_device().type == mx.cpu:
+    if on_cpu():
         return host_metrics(_on_host(logits)[0], _on_host(scores)[0], layers)
     return Metrics.from_values(metrics_vector(logits, scores, layers)[0].tolist())
 

@@ -10,18 +10,14 @@ from typing import IO, Any
 
 from ..errors import EntropixError
 from .generate import Summary, TokenEvent
+from .metrics import METRIC_NAMES
 
 RECORD_FIELDS = (
     "index",
     "token_id",
     "text",
     "logprob",
-    "entropy",
-    "varentropy",
-    "attn_entropy",
-    "attn_varentropy",
-    "agreement",
-    "interaction_strength",
+    *METRIC_NAMES,
     "quadrant",
     "strategy",
     "temperature",
@@ -32,8 +28,7 @@ RECORD_FIELDS = (
     "elapsed",
 )
 # `elapsed` (seconds since prefill) came later than DESIGN.md's list: older files lack it. It
-# makes a
-# replay's live status show the recorded speed.
+# makes a replay's live status show the recorded speed.
 REQUIRED_FIELDS = RECORD_FIELDS[:-1]
 
 

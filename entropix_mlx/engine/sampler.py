@@ -14,10 +14,9 @@ from typing import Protocol
 import mlx.core as mx
 
 from ..tokenize.tokenizer import Tokenizer
-from .config import INF, SAMPLERS, SamplerConfig, check_range
+from .config import INF, SamplerConfig, check_range, check_sampler
 from .metrics import Metrics
 
-QUADRANTS = ("LELV", "HELV", "LEHV", "HEHV", "MID")
 STRATEGIES = ("argmax", "clarify", "explore", "resample", "adaptive")
 
 
@@ -40,6 +39,11 @@ class SamplingParams:
         check_range("top_k", self.top_k, (0, INF, False, True))
         check_range("top_p", self.top_p, (0.0, 1.0, True, False))
         check_range("min_p", self.min_p, (0.0, 1.0, False, False))
+
+    @classmethod
+    def from_config(cls, config: SamplerConfig) -> SamplingParams:
+        """The profile's base parameters T0, k0, p0, m0: what `sample` draws with by default."""
+        return cls(config.temperature, config.top_k, config.top_p, config.min_p)
 
 
 ARGMAX = SamplingParams(temperature=0.0, top_k=0, top_p=1.0, min_p=0.0)
@@ -253,6 +257,7 @@ def make_sampler(
     Clarify inserts `config.clarify_text` as token ids: give them (`clarify_ids`) or the model's
     `tokenizer` to encode it; with neither, clarify never inserts.
     """
+    check_sampler(name)
     config = config or SamplerConfig()
     if tokenizer is not None and not clarify_ids and config.clarify_text:
         clarify_ids = tokenizer.encode(config.clarify_text)
@@ -263,8 +268,4 @@ def make_sampler(
         return EntropixSampler(config, ids)
     if name == "greedy":
         return PlainSampler(config, ARGMAX, name="greedy")
-    if name == "sample":
-        if params is None:
-            params = SamplingParams(config.temperature, config.top_k, config.top_p, config.min_p)
-        return PlainSampler(config, params)
-    raise ValueError(f"sampler {name!r} is not one of {', '.join(SAMPLERS)}")
+    return PlainSampler(config, SamplingParams.from_config(config) if params is None else params)

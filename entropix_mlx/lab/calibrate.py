@@ -22,10 +22,11 @@ from typing import Any
 
 import numpy as np
 
-from ..engine.config import MODELS_KEY, SamplerConfig
+from ..engine.config import MODELS_KEY, QUADRANTS, SamplerConfig
 from ..engine.metrics import METRIC_NAMES
 from ..engine.sampler import classify
 from ..errors import EntropixError
+from ..tokenize.chat_template import chat_messages
 
 THRESHOLDS = ("low_ent", "med_ent", "high_ent", "low_vent", "high_vent")
 SUMMARY_QUANTILES = (0.05, 0.2, 0.5, 0.6, 0.85, 0.95)
@@ -120,8 +121,7 @@ def distribution_lines(samples: Mapping[str, Sequence[float]]) -> list[str]:
 def mix_line(mix: Mapping[str, int]) -> str:
     """`LELV 20% MID 61% …`, least uncertain first; quadrants with no tokens left out."""
     total = sum(mix.values()) or 1
-    order = ("LELV", "MID", "LEHV", "HELV", "HEHV")
-    return " ".join(f"{q} {100 * mix[q] / total:.0f}%" for q in order if mix.get(q))
+    return " ".join(f"{q} {100 * mix[q] / total:.0f}%" for q in QUADRANTS if mix.get(q))
 
 
 def calibration_header(
@@ -238,8 +238,9 @@ def collect_samples(
 
     samples: dict[str, list[float]] = {name: [] for name in METRIC_NAMES}
     for i, item in enumerate(prompts):
-        system = [{"role": "system", "content": item["system"]}] if item.get("system") else []
-        ids = tokenizer.apply_chat_template([*system, {"role": "user", "content": item["prompt"]}])
+        ids = tokenizer.apply_chat_template(
+            chat_messages(item["prompt"], system=item.get("system"))
+        )
         n = 0
         for ev in generate(model, tokenizer, ids, sampler="greedy", max_tokens=max_tokens, seed=0):
             for name, value in ev.metrics.as_dict().items():

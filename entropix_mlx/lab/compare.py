@@ -1,12 +1,11 @@
 """One prompt decoded by several samplers, side by side: where they part, and how each behaved.
 
-Pure data: finished event streams in, columns and the divergence index out; `ui.compare` renders
-them, so they work the same on live decodes and on hand-made events.
+Pure data: finished event streams in, columns out (where they part is `first_difference` of their
+`token_ids`); `ui.compare` renders them, so they work the same on live decodes and hand-made events.
 """
 
 from __future__ import annotations
 
-from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -22,14 +21,3 @@ class Column:
     @property
     def token_ids(self) -> list[int]:
         return [ev.token_id for ev in self.events]
-
-
-def first_divergence(streams: Sequence[Sequence[int]]) -> int | None:
-    """The first token index where the streams are not all equal (a stream that has ended differs
-    from one that goes on); None when they are identical or there is only one."""
-    if len(streams) < 2:
-        return None
-    for i in range(max(len(s) for s in streams)):
-        if len({s[i] if i < len(s) else None for s in streams}) > 1:
-            return i
-    return None

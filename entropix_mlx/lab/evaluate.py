@@ -25,6 +25,7 @@ from pathlib import Path
 from typing import Any
 
 from ..errors import EntropixError
+from ..tokenize.chat_template import chat_messages
 
 KINDS = ("answer", "number", "regex")
 FIELDS = ("question", *KINDS, "tolerance", "extract", "id", "category", "system")
@@ -268,8 +269,7 @@ def answer_questions(
 
     for sampler in samplers:
         for q in questions:
-            system = [{"role": "system", "content": q.system}] if q.system else []
-            ids = tokenizer.apply_chat_template([*system, {"role": "user", "content": q.question}])
+            ids = tokenizer.apply_chat_template(chat_messages(q.question, system=q.system))
             events = list(
                 generate(
                     model,

@@ -14,8 +14,10 @@ from typing import Any
 from ..engine.config import SamplerConfig, Thresholds
 from ..engine.generate import Summary, TokenEvent
 from ..engine.metrics import METRIC_NAMES, Metrics
+from ..engine.options import DecodingOptions
 from ..engine.records import read_run
 from ..engine.sampler import SamplingParams
+from ..engine.tokens import first_difference
 from ..errors import EntropixError
 
 # What `--check` needs from a summary; `entropix run` records all of it.
@@ -53,11 +55,7 @@ class Recipe:
     prompt: str
     system: str | None
     raw: bool
-    sampler: str
-    config: SamplerConfig
-    params: SamplingParams
-    seed: int
-    max_tokens: int
+    options: DecodingOptions
 
 
 def load_run(path: Path) -> Run:
@@ -136,11 +134,13 @@ def recipe(answer: Answer, position: int, path: Path, model: str | None = None) 
             prompt=str(ctx["prompt"]),
             system=ctx["system"],
             raw=bool(ctx["raw"]),
-            sampler=str(ctx["sampler"]),
-            config=SamplerConfig(**ctx["config"]),
-            params=SamplingParams(**ctx["params"]),
-            seed=int(ctx["seed"]),
-            max_tokens=int(ctx["max_tokens"]),
+            options=DecodingOptions(
+                sampler=str(ctx["sampler"]),
+                config=SamplerConfig(**ctx["config"]),
+                params=SamplingParams(**ctx["params"]),
+                max_tokens=int(ctx["max_tokens"]),
+                seed=int(ctx["seed"]),
+            ),
         )
     except (TypeError, ValueError) as e:
         raise EntropixError(
@@ -161,14 +161,6 @@ def plot_thresholds(run: Run) -> list[Thresholds]:
         except EntropixError as e:
             raise EntropixError(f"{run.path}: answer {n}: {e}") from None
     return limits
-
-
-def first_difference(a: Sequence[Any], b: Sequence[Any]) -> int | None:
-    """The first index where `a` and `b` differ (one ending early counts); None if identical."""
-    for i, (x, y) in enumerate(zip(a, b, strict=False)):
-        if x != y:
-            return i
-    return None if len(a) == len(b) else min(len(a), len(b))
 
 
 @dataclass(frozen=True)

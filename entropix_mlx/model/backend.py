@@ -94,12 +94,6 @@ def _describe(path: str) -> str:
     return f"OpenBLAS ({path})"
 
 
-def gemv_calls() -> int:
-    """How many products the shim has sent to sgemv in this process (0 without the shim)."""
-    shim = _shim()
-    return ctypes.c_long.in_dll(shim, "entropix_gemv_calls").value if shim else 0
-
-
 @functools.cache
 def preload_blas() -> str:
     """Load OpenBLAS globally (Linux) and say what was done; call before anything imports MLX.

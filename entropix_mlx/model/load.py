@@ -182,7 +182,7 @@ def device_name() -> str:
 
 def runtime_summary() -> str:
     """`device · BLAS · weight layout` of this machine (what `entropix models` reports)."""
-    if mx.default_device() == mx.gpu:
+    if not backend.on_cpu():
         layout = "quantized weights stay quantized"
     else:
         gib = dense_budget_bytes() / 2**30
@@ -237,7 +237,7 @@ def _build(ckpt: Checkpoint, layout: str, path: Path) -> tuple[Model, str, int]:
     weights = model.sanitize(ckpt.weights)
     quant = {m: q for m, q in ckpt.quant.items() if f"{m}.weight" in weights}
     params = _count_params(weights, quant)
-    on_gpu = mx.default_device() == mx.gpu
+    on_gpu = not backend.on_cpu()
     if quant and _wants_dense(layout, params, on_gpu):
         weights, quant = _dequantize(weights, quant), {}
     if not on_gpu:

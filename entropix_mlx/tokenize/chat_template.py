@@ -7,6 +7,7 @@ needed here, imported on first render.
 from __future__ import annotations
 
 import json
+from collections.abc import Sequence
 from datetime import datetime
 from typing import Any
 
@@ -62,6 +63,21 @@ def _tojson(
     return json.dumps(
         value, ensure_ascii=ensure_ascii, indent=indent, separators=separators, sort_keys=sort_keys
     )
+
+
+def chat_messages(
+    prompt: str | None = None,
+    *,
+    system: str | None = None,
+    history: Sequence[tuple[str, str]] = (),
+) -> list[dict[str, str]]:
+    """A template's messages: the system message (when given), the (role, content) history, then
+    the user's `prompt` (when given)."""
+    messages = [{"role": "system", "content": system}] if system else []
+    messages += [{"role": role, "content": content} for role, content in history]
+    if prompt is not None:
+        messages.append({"role": "user", "content": prompt})
+    return messages
 
 
 class ChatTemplate:

@@ -20,8 +20,8 @@ from rich.color import Color
 from rich.console import Console, ConsoleOptions, RenderResult
 from rich.text import Text
 
-from ..engine.config import Thresholds
-from .render import THEME, UNCERTAINTY
+from ..engine.config import QUADRANTS, Thresholds
+from .render import THEME
 
 # A mark per quadrant as well as a colour, so the scatter still reads without colour (--plain).
 MARKERS = {"LELV": "o", "MID": "+", "LEHV": "x", "HELV": "^", "HEHV": "#"}
@@ -109,7 +109,7 @@ def chart_plane(series: Series, thresholds: Thresholds, *, width: int, height: i
         plt.vline(value, RULE_RGB)
     for _, value in vent_lines:
         plt.hline(value, RULE_RGB)
-    for quadrant in UNCERTAINTY:
+    for quadrant in QUADRANTS:
         points = [(h, v) for h, v, q in _rows(series) if q == quadrant]
         if points:
             xs, ys = zip(*points, strict=True)
@@ -128,7 +128,7 @@ def _rows(series: Series) -> Iterable[tuple[float, float, str]]:
 
 def render_quadrant_key(series: Series) -> Text:
     """The scatter's key: each quadrant's mark in its colour and how many tokens fell in it."""
-    counts = {q: series.quadrant.count(q) for q in UNCERTAINTY}
+    counts = {q: series.quadrant.count(q) for q in QUADRANTS}
     key = Text("  ")
     for quadrant, count in counts.items():
         key.append(f"{MARKERS[quadrant]} {quadrant} {count}", style=f"quad.{quadrant.lower()}")

@@ -8,6 +8,7 @@ own a passed-in `Console` and are context managers.
 from __future__ import annotations
 
 import os
+import sys
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from typing import IO, TYPE_CHECKING, Any
@@ -18,6 +19,8 @@ from rich.rule import Rule
 from rich.table import Table
 from rich.text import Text
 from rich.theme import Theme
+
+from ..engine.config import QUADRANTS
 
 if TYPE_CHECKING:  # keep `entropix --help` free of MLX
     from ..engine.generate import Summary, TokenEvent
@@ -45,15 +48,13 @@ THEME = Theme(
     }
 )
 
-QUADRANT_HELP = {
+QUADRANT_HELP = {  # in QUADRANTS order, least to most uncertain
     "LELV": "low entropy, low varentropy: confident",
     "MID": "in between: adaptive sampling",
-    "HELV": "high entropy, low varentropy: uniformly unsure",
     "LEHV": "low entropy, high varentropy: a fork",
+    "HELV": "high entropy, low varentropy: uniformly unsure",
     "HEHV": "high entropy, high varentropy: lost",
 }
-# Least to most uncertain: a printed piece made of several tokens shows its most uncertain one.
-UNCERTAINTY = ("LELV", "MID", "LEHV", "HELV", "HEHV")
 STRATEGY_HELP = {
     "inserted": ("clarify text inserted by the sampler", "strategy.inserted"),
     "clarify": ("sampled hotter after a clarify insertion", "strategy.clarify"),
@@ -81,6 +82,13 @@ def make_console(
     )
 
 
+def console(plain: bool = False, *, stderr: bool = False) -> Console:
+    """The console for stdout (or stderr): plain when asked, when that stream is not a terminal,
+    or with NO_COLOR / TERM=dumb. What every command prints through."""
+    stream = sys.stderr if stderr else sys.stdout
+    return make_console(plain=wants_plain(plain, stream), stderr=stderr)
+
+
 # ── pure renderers ────────────────────────────────────────────────────────────────────────────
 
 
@@ -94,7 +102,7 @@ def token_styles(ev: TokenEvent) -> tuple[str, ...]:
 
 def piece_styles(events: Sequence[TokenEvent]) -> tuple[str, ...]:
     """The styles of one printed piece spanning `events`: its most uncertain token decides."""
-    rank = {q: i for i, q in enumerate(UNCERTAINTY)}
+    rank = {q: i for i, q in enumerate(QUADRANTS)}  # a piece shows its most uncertain token
     inserted = [e for e in events if e.inserted]
     worst = max(events, key=lambda e: rank.get(e.quadrant, 0))
     return token_styles(inserted[0] if inserted else worst)
@@ -106,10 +114,6 @@ def styled(text: str, styles: Sequence[str]) -> Text:
     for style in styles[1:]:
         out.stylize(style)
     return out
-
-
-def render_token(ev: TokenEvent) -> Text:
-    return styled(ev.text, token_styles(ev))
 
 
 class PieceMerger:
@@ -149,7 +153,7 @@ def render_mix_bar(counts: Mapping[str, int], width: int = BAR_WIDTH) -> Text:
     bar = Text()
     if not total:
         return bar
-    order = [q for q in UNCERTAINTY if counts.get(q)] + [q for q in counts if q not in UNCERTAINTY]
+    order = [q for q in QUADRANTS if counts.get(q)] + [q for q in counts if q not in QUADRANTS]
     exact = {q: counts[q] * width / total for q in order}
     cells = {q: int(v) for q, v in exact.items()}
     for q in sorted(order, key=lambda q: cells[q] - exact[q])[: width - sum(cells.values())]:
