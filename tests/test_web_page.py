@@ -288,19 +288,23 @@ def test_phone_width_fits_and_screenshots(page, capsys):
 
 def test_page_palette_and_words_are_the_terminals():
     """The page's colours, legend words, marks and uncertainty order are ui/render.py's."""
-    from entropix_mlx.ui.render import MARKED, QUADRANT_HELP, STRATEGY_HELP, THEME, UNCERTAINTY
+    from entropix_mlx.engine.config import QUADRANTS
+    from entropix_mlx.ui.render import MARKED, QUADRANT_HELP, STRATEGY_HELP, THEME
 
     static = Path(__file__).resolve().parents[1] / "entropix_mlx" / "serve" / "static"
     css = (static / "style.css").read_text()
     js = (static / "quadrants.js").read_text()
     for q in ("lelv", "helv", "lehv", "hehv"):
         assert f"--{q}: {THEME.styles[f'quad.{q}'].color.name.lower()};" in css
-    for meaning in QUADRANT_HELP.values():
-        assert f'"{meaning}"' in js
+    for quadrant, meaning in QUADRANT_HELP.items():  # and in the same order (the legend's)
+        assert f'  {quadrant}: "{meaning}",' in js
+    assert [js.index(f"  {q}: ") for q in QUADRANT_HELP] == sorted(
+        js.index(f"  {q}: ") for q in QUADRANT_HELP
+    )
     for name, (meaning, _) in STRATEGY_HELP.items():
         assert f'{name}: "{meaning}"' in js
     assert f"MARKED = {json.dumps(list(MARKED))};" in js
-    assert f"QUADRANTS = {json.dumps(list(UNCERTAINTY))};" in js
+    assert f"QUADRANTS = {json.dumps(list(QUADRANTS))};" in js
 
 
 def test_a_refused_request_says_why_and_stays_out_of_the_history(page, fake):

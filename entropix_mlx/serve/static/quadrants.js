@@ -1,13 +1,14 @@
-// What the terminal's palette means (entropix_mlx/ui/render.py: THEME, QUADRANT_HELP, STRATEGY_HELP),
-// the quadrant rule (engine/sampler.classify) and the piece styling (ui/render.piece_styles), for the page.
+// What the terminal's palette means (entropix_mlx/ui/render.py: THEME, QUADRANT_HELP, STRATEGY_HELP;
+// engine/config.QUADRANTS), the quadrant rule (engine/sampler.classify) and the piece styling
+// (ui/render.piece_styles), for the page.
 
 export const QUADRANTS = ["LELV", "MID", "LEHV", "HELV", "HEHV"]; // least to most uncertain
 
-export const QUADRANT_HELP = {
+export const QUADRANT_HELP = { // in QUADRANTS order, least to most uncertain
   LELV: "low entropy, low varentropy: confident",
   MID: "in between: adaptive sampling",
-  HELV: "high entropy, low varentropy: uniformly unsure",
   LEHV: "low entropy, high varentropy: a fork",
+  HELV: "high entropy, low varentropy: uniformly unsure",
   HEHV: "high entropy, high varentropy: lost",
 };
 
