@@ -18,7 +18,7 @@ export class Answer {
     this.finishReason = null;
     this.stopped = false;
     this.error = null;
-    this.started = performance.now();
+    this.hasRecords = false; // false while only plain text came (a server run with --no-metrics)
 
     this.node = document.createElement("article");
     this.node.className = "msg assistant";

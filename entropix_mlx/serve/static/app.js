@@ -38,9 +38,9 @@ const charts = [
 
 // ── settings ──────────────────────────────────────────────────────────────────────────────────
 
-/** The server's sampler config in /props (thresholds for the charts), under any of its names. */
+/** The server's default sampler config in /props (the charts' thresholds). */
 function propsConfig(props) {
-  return props?.config ?? props?.sampler_config ?? props?.default_generation_settings?.config ?? null;
+  return props?.sampler_config ?? null;
 }
 
 /** The Authorization header for a server started with --api-key (the key lives in this tab only). */
@@ -63,11 +63,10 @@ async function loadProps() {
     const props = await response.json();
     state.props = props;
     ui.model.textContent = typeof props.model === "string" ? props.model : "";
-    const sampler = props.default_sampler ?? props.sampler;
-    if (sampler) ui.sampler.value = sampler;
+    if (props.default_sampler) ui.sampler.value = props.default_sampler;
     const profile = props.profile ?? propsConfig(props)?.profile;
     if (profile) ui.profile.value = profile;
-    const names = new Set(["auto", "reference", ...(Array.isArray(props.profiles) ? props.profiles : Object.keys(props.profiles ?? {}))]);
+    const names = new Set(["auto", "reference", ...(Array.isArray(props.profiles) ? props.profiles : [])]);
     ui.profiles.replaceChildren(...[...names].map((n) => Object.assign(document.createElement("option"), { value: n })));
     const cap = props.max_tokens;
     if (Number.isInteger(cap)) {
@@ -77,6 +76,7 @@ async function loadProps() {
     setStatus(describeSettings());
   } catch (e) {
     showError(`cannot read the server's settings (/props): ${e.message}`);
+    setStatus("no settings from the server");
   }
   renderCharts();
 }
