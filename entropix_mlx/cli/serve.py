@@ -12,7 +12,7 @@ from typing import Annotated
 
 import typer
 
-from .app import ModelOpt, ProfileOpt, SamplerOpt, SetOpt, _fail, _guard, _sampling, app
+from .app import ModelOpt, ProfileOpt, SamplerOpt, SetOpt, _fail, _guard, _options, app
 
 HostOpt = Annotated[
     str, typer.Option("--host", help="Address to listen on (127.0.0.1: this machine only).")
@@ -70,7 +70,9 @@ def serve(
     save_dir: SaveDirOpt = None,
 ) -> None:
     """Serve the model over the OpenAI HTTP API, streaming every token's Entropix metrics."""
-    options = _sampling(sampler, profile, set_, 0.7, 0, 1.0, 0.0, model=model)
+    options = _options(
+        sampler, max_tokens=max_tokens, seed=None, profile=profile, overrides=set_, model=model
+    )
     if save_dir is not None:
         try:
             save_dir.mkdir(parents=True, exist_ok=True)
@@ -116,12 +118,12 @@ def _serve(
     sock = bind(host, port)  # a busy port fails here, before the model loads
     shown = host if ":" not in host else f"[{host}]"
     url = f"http://{shown}:{sock.getsockname()[1]}"
-    config = options["config"]
+    config = options.config
 
     def ready(engine) -> None:
         info = engine.info
         typer.echo(
-            f"serving {info.name} at {url}/v1 · sampler {options['sampler']} · profile "
+            f"serving {info.name} at {url}/v1 · sampler {options.sampler} · profile "
             f"{config.profile} · {info.device} · queue {queue} · cache slots {cache_slots}",
             err=True,
         )
@@ -136,7 +138,7 @@ def _serve(
         on_error=failed,
     )
     settings = Settings(
-        sampler=options["sampler"],
+        sampler=options.sampler,
         config=config,
         max_tokens=max_tokens,
         cache_slots=cache_slots,
