@@ -23,6 +23,14 @@ ROOT = Path(__file__).resolve().parents[1]
 DATA = Path(__file__).resolve().parent / "data"
 
 
+@pytest.fixture(autouse=True)
+def _private_data_dir(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
+    """Chats keep sessions and input history under ENTROPIX_HOME: never the user's own."""
+    home = tmp_path / "entropix-home"
+    monkeypatch.setenv("ENTROPIX_HOME", str(home))
+    return home
+
+
 def _package_dir(name: str) -> Path | None:
     spec = importlib.util.find_spec(name)
     return Path(spec.origin).parent if spec and spec.origin else None

@@ -16,6 +16,7 @@ from typer.testing import CliRunner
 
 from entropix_mlx import cli
 from entropix_mlx.chat import session as chat_module
+from entropix_mlx.chat import store
 from entropix_mlx.chat.loop import COMMANDS, run_chat
 from entropix_mlx.chat.session import ChatSession
 from entropix_mlx.engine.tokens import first_difference
@@ -213,13 +214,13 @@ def test_settings_and_stats(tiny, tmp_path: Path) -> None:
     stats = s.stats()
     assert stats.answers == 1 and stats.tokens == len(events)
     assert sum(stats.quadrants.values()) == sum(stats.strategies.values()) == len(events)
-    md, jsonl = s.save(tmp_path / "talk.md", model="tiny")
+    md, jsonl = store.save(s, tmp_path / "talk.md", model="tiny")
     assert md.name == "talk.md" and jsonl.name == "talk.jsonl"
     assert "## User\n\nhello" in md.read_text() and "Answer in French." in md.read_text()
     records = [json.loads(line) for line in jsonl.read_text().splitlines()]
     assert len(records) == len(events) + 1 and records[-1]["summary"]["model"] == "tiny"
     with pytest.raises(EntropixError, match="cannot write"):
-        s.save(tmp_path / "missing" / "dir" / "x")
+        store.save(s, tmp_path / "missing" / "dir" / "x")
 
 
 # ── the chat command ────────────────────────────────────────────────────────────────────────
@@ -266,7 +267,7 @@ def test_chat_context_full_is_a_message_not_a_crash(tiny_path: Path) -> None:
     long = "word " * 1200
     result = chat(tiny_path, f"{long}\n/clear\nhi\n")
     assert result.exit_code == 0, result.output
-    assert "context full" in result.stdout and "/clear starts a new conversation" in result.stdout
+    assert "context full" in result.stdout and "/compact drops the oldest turns" in result.stdout
     assert "prefill" in result.stdout  # the next message was answered
 
 
@@ -394,7 +395,7 @@ class ScriptedUI:
     def welcome(self) -> None:
         self.shown.append(("welcome",))
 
-    def prompt(self) -> str | None:
+    def prompt(self, continuation: bool = False) -> str | None:
         item = self.lines.pop(0) if self.lines else None
         if isinstance(item, BaseException):
             raise item
@@ -415,7 +416,7 @@ class ScriptedUI:
         if len(self.events) == self.interrupt_at:
             os.kill(os.getpid(), signal.SIGINT)
 
-    def end(self, summary, peak_memory, *, interrupted: bool) -> None:
+    def end(self, summary, peak_memory, *, interrupted: bool, context) -> None:
         self.shown.append(("end", summary.tokens, interrupted))
 
     def __getattr__(self, name: str):  # legend, help, stats, notice, error

@@ -171,6 +171,8 @@ def test_plain_mode_writes_no_escape_codes() -> None:
                 "mean_entropy": 1.0,
                 "quadrants": {"LELV": 1},
                 "strategies": {"argmax": 1},
+                "context_used": 950,
+                "context_limit": 1000,
             },
         )()
     )
@@ -178,6 +180,7 @@ def test_plain_mode_writes_no_escape_codes() -> None:
     assert ESC not in out
     assert "Hello ... world" in out
     assert "█" not in out  # the colour bar means nothing without colour
+    assert "ctx 950/1,000 (95 %) · /compact makes room" in " ".join(out.split())
 
 
 @pytest.mark.parametrize(
@@ -217,7 +220,17 @@ def test_summary_line() -> None:
     stopped = tui.render_summary(summary, interrupted=True).plain
     assert "stopped" in stopped and "MiB" not in stopped
     full = Summary.from_events(events[:-1] + [event("", "LELV", index=3, finish="context")])
-    assert "/clear" in tui.render_summary(full).plain
+    assert "/compact" in tui.render_summary(full).plain
+
+
+def test_context_gauge_on_the_summary_line() -> None:
+    summary = Summary.from_events([event("a", "LELV", finish="stop")])
+    line = tui.render_summary(summary, context=(1234, 8192))
+    assert "ctx 1,234/8,192 (15 %)" in line.plain and "/compact" not in line.plain
+    gauge = tui.render_gauge(7500, 8192)
+    assert gauge.plain == "ctx 7,500/8,192 (92 %) · /compact makes room"
+    assert str(gauge.style) == "ui.warning"
+    assert str(tui.render_gauge(7300, 8192).style) == "ui.muted"  # 89 %: no warning yet
 
 
 def test_status_line_shows_the_newest_token() -> None:

@@ -2,7 +2,8 @@
 
 `ChatSession` renders the conversation with the model's chat template, reuses the cache for the
 longest common prefix with what it already holds, prefills only the new tokens and streams
-`TokenEvent`s. It renders nothing; `chat.loop` drives it and a view (`ui.chat_view`) shows it.
+`TokenEvent`s. It renders nothing: `loop.py` drives it, `store.py` keeps it on disk and
+`ui/chat_view.py` shows it.
 """
 
 from __future__ import annotations
@@ -11,18 +12,16 @@ import random
 from collections import Counter
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
-from pathlib import Path
 from typing import Any
 
 import mlx.core as mx
 
 from ..engine.config import SamplerConfig, check_sampler
-from ..engine.generate import Summary, TokenEvent, generate
+from ..engine.generate import TokenEvent, generate, prefill
 from ..engine.options import random_seed
-from ..engine.records import JsonlWriter, event_record, summary_record
 from ..engine.sampler import SamplingParams
 from ..engine.tokens import first_difference
-from ..errors import EntropixError
+from ..errors import ContextFullError, EntropixError
 from ..tokenize.chat_template import chat_messages
 
 
@@ -32,6 +31,7 @@ class Message:
     content: str
     events: tuple[TokenEvent, ...] = ()  # an assistant answer's tokens, for /stats and /save
     interrupted: bool = False  # stopped with Ctrl-C: the partial text is kept
+    seed: int | None = None  # the seed the answer was decoded with
 
 
 @dataclass(frozen=True)
@@ -42,6 +42,19 @@ class ChatStats:
     mean_entropy: float
     strategies: dict[str, int] = field(default_factory=dict)
     quadrants: dict[str, int] = field(default_factory=dict)
+    context_used: int = 0
+    context_limit: int = 0
+
+
+def common_prefix(a: Sequence[int], b: Sequence[int]) -> int:
+    """How many leading ids `a` and `b` share."""
+    at = first_difference(a, b)
+    return min(len(a), len(b)) if at is None else at
+
+
+def _turn_starts(messages: Sequence[Message]) -> list[int]:
+    """Where each turn (a user message and the answers after it) begins."""
+    return [i for i, m in enumerate(messages) if m.role == "user"]
 
 
 class ChatSession:
@@ -73,10 +86,22 @@ class ChatSession:
 
     # ── settings ──
 
-    def set_seed(self, seed: int | None) -> None:
-        """Answers after this draw their seeds from `seed` in order, so a rerun repeats them."""
+    def set_seed(self, seed: int | None, draws: int = 0) -> None:
+        """Answers after this draw their seeds from `seed` in order, so a rerun repeats them;
+        `draws` skips the seeds answers already used (a resumed chat goes on where it was)."""
         self.seed = seed if seed is not None else random_seed()
         self._seeds = random.Random(self.seed)
+        for _ in range(draws):
+            self._seeds.getrandbits(32)
+        self.draws = draws
+
+    def set_config(self, config: SamplerConfig) -> None:
+        self.config = config
+
+    def set_max_tokens(self, n: int) -> None:
+        if n < 1:
+            raise ValueError(f"max_tokens={n} must be at least 1")
+        self.max_tokens = n
 
     def set_sampler(self, name: str) -> None:
         self.sampler = check_sampler(name)
@@ -88,6 +113,71 @@ class ChatSession:
     def clear(self) -> None:
         """Forget the conversation; the cache is kept so the system prompt's prefix is reused."""
         self.messages = []
+
+    def restore(self, messages: Sequence[Message], system: str | None) -> None:
+        """Take over a saved conversation (call `prefill` next to have it in the cache)."""
+        for m in messages:
+            if m.role not in ("user", "assistant"):
+                raise ValueError(f"a chat message's role must be user or assistant, not {m.role!r}")
+        self.messages, self.system = list(messages), system or None
+
+    def set_model(self, model: Any, tokenizer: Any, context_limit: int | None) -> None:
+        """Continue the conversation on another model: a new, empty cache (call `prefill`)."""
+        self.model, self.tokenizer, self.context_limit = model, tokenizer, context_limit
+        self.cache = model.make_cache()
+        self.cached_ids = []
+
+    # ── context ──
+
+    @property
+    def limit(self) -> int:
+        """The context size answers must fit in."""
+        return self.context_limit or self.model.args.max_position_embeddings
+
+    def conversation_ids(self, messages: Sequence[Message] | None = None) -> list[int]:
+        """The conversation as the model reads it, without the prompt for the next answer."""
+        rendered = self.template_messages(self.messages if messages is None else messages)
+        if not rendered:
+            return []
+        return self.tokenizer.apply_chat_template(rendered, add_generation_prompt=False)
+
+    def context_used(self) -> int:
+        return len(self.conversation_ids())
+
+    def prefill(self, progress: Callable[[int, int], None] | None = None) -> int:
+        """Put the whole conversation into the cache now (after a resume or a model switch), so
+        the next message prefills only itself. Returns how many tokens were fed."""
+        ids = self.conversation_ids()
+        keep = common_prefix(self.cached_ids, ids)
+        self._settle(ids, keep)
+        if keep == len(ids):
+            return 0
+        if len(ids) >= self.limit:
+            raise ContextFullError(
+                f"the conversation ({len(ids):,} tokens) does not fit the context of "
+                f"{self.limit:,}; /compact drops the oldest turns"
+            )
+        try:
+            prefill(self.model, ids[keep:], self.cache, progress=progress)
+        finally:  # interrupted between layers: keep what every layer holds
+            self._settle(ids)
+        return len(ids) - keep
+
+    def compact(self, reserve: int) -> int:
+        """Drop the oldest turns (a user message and its answer; the system message stays) until
+        the conversation plus `reserve` tokens fits, at least one. Returns how many were dropped."""
+        turns = _turn_starts(self.messages)
+        if len(turns) < 1:
+            raise EntropixError("nothing to compact: the conversation has no turns yet")
+        dropped = 0
+        messages = self.messages
+        for n in range(1, len(turns) + 1):
+            messages = self.messages[turns[n] if n < len(turns) else len(self.messages) :]
+            dropped = n
+            if len(self.conversation_ids(messages)) + reserve < self.limit:
+                break
+        self.messages = list(messages)
+        return dropped
 
     # ── turns ──
 
@@ -124,13 +214,15 @@ class ChatSession:
         keep = min(len(ids) if at is None else at, len(ids) - 1)
         self._settle(ids, keep)
         events: list[TokenEvent] = []
+        seed = self._seeds.getrandbits(32)
+        self.draws += 1
         stream = generate(
             self.model,
             self.tokenizer,
             ids[keep:],
             sampler=self.sampler,
             max_tokens=self.max_tokens,
-            seed=self._seeds.getrandbits(32),
+            seed=seed,
             config=self.config,
             params=self.params,
             cache=self.cache,
@@ -142,18 +234,18 @@ class ChatSession:
                 events.append(ev)
                 yield ev
         except GeneratorExit:  # the consumer stopped reading (Ctrl-C): the cache is consistent
-            self._commit(history, ids + [e.token_id for e in events], events, interrupted=True)
+            self._commit(history, ids + [e.token_id for e in events], events, seed, True)
             raise
         except KeyboardInterrupt:  # raised inside a model step: only the old prefix is certain
             self._settle(ids, keep)
-            self._commit(history, self.cached_ids, events, interrupted=True)
+            self._commit(history, self.cached_ids, events, seed, True)
             raise
         except BaseException:
             self._settle(ids, keep)
             raise
         finally:
             stream.close()
-        self._commit(history, ids + [e.token_id for e in events], events, interrupted=False)
+        self._commit(history, ids + [e.token_id for e in events], events, seed, False)
 
     def _settle(self, known: list[int], limit: int | None = None) -> None:
         """Rewind every layer to the longest prefix of `known` that all of them hold."""
@@ -169,14 +261,14 @@ class ChatSession:
         history: list[Message],
         known: list[int],
         events: list[TokenEvent],
-        *,
+        seed: int,
         interrupted: bool,
     ) -> None:
         self._settle(known)
         text = "".join(e.text for e in events)
         if interrupted and not text.strip():
             return  # nothing was said: the turn leaves no trace
-        self.messages = [*history, Message("assistant", text, tuple(events), interrupted)]
+        self.messages = [*history, Message("assistant", text, tuple(events), interrupted, seed)]
 
     # ── views of the conversation ──
 
@@ -190,7 +282,16 @@ class ChatSession:
             mean_entropy=sum(e.metrics.entropy for e in events) / len(events) if events else 0.0,
             strategies=dict(Counter(e.strategy for e in events)),
             quadrants=dict(Counter(e.quadrant for e in events)),
+            context_used=self.context_used(),
+            context_limit=self.limit,
         )
+
+    def last_answer(self) -> Message:
+        """The newest assistant message; EntropixError when there is none."""
+        for m in reversed(self.messages):
+            if m.role == "assistant":
+                return m
+        raise EntropixError("no answer yet; send a message first")
 
     def transcript(self, title: str = "entropix chat") -> str:
         """The conversation as Markdown."""
@@ -202,35 +303,6 @@ class ChatSession:
             lines += ["", "*(stopped with Ctrl-C)*"] if m.interrupted else []
             lines.append("")
         return "\n".join(lines)
-
-    def save(self, path: Path, **context: Any) -> tuple[Path, Path]:
-        """Write PATH.md (transcript) and PATH.jsonl (each answer's tokens, then its summary)."""
-        base = path.with_suffix("") if path.suffix in (".md", ".jsonl") else path
-        md, jsonl = base.with_name(base.name + ".md"), base.with_name(base.name + ".jsonl")
-        try:
-            md.write_text(
-                self.transcript(str(context.get("model", "entropix chat"))), encoding="utf-8"
-            )
-            with JsonlWriter(jsonl) as writer:
-                for turn, m in enumerate(m for m in self.messages if m.role == "assistant"):
-                    for ev in m.events:
-                        writer.write(event_record(ev))
-                    writer.write(
-                        summary_record(
-                            Summary.from_events(m.events),
-                            turn=turn,
-                            interrupted=m.interrupted,
-                            sampler=self.sampler,
-                            config=self.config,
-                            seed=self.seed,
-                            **context,
-                        )
-                    )
-        except OSError as e:
-            raise EntropixError(
-                f"/save {path}: cannot write it ({e.strerror}); pick another path"
-            ) from None
-        return md, jsonl
 
     @property
     def peak_memory(self) -> int:

@@ -5,12 +5,14 @@ from __future__ import annotations
 import dataclasses
 import json
 import math
+from collections.abc import Sequence
 from pathlib import Path
 from typing import IO, Any
 
 from ..errors import EntropixError
 from .generate import Summary, TokenEvent
-from .metrics import METRIC_NAMES
+from .metrics import METRIC_NAMES, Metrics
+from .sampler import SamplingParams
 
 RECORD_FIELDS = (
     "index",
@@ -76,8 +78,9 @@ _NULLABLE = ("logprob", "temperature")  # non-finite numbers are written as null
 
 def _record_problem(record: Any) -> str | None:
     """What is wrong with one parsed line, or None for a token record or a summary."""
-    if isinstance(record, dict) and set(record) == {"summary"}:
-        return None if isinstance(record["summary"], dict) else '"summary" must be an object'
+    if isinstance(record, dict) and set(record) in ({"summary"}, {"chat"}):
+        name = next(iter(record))
+        return None if isinstance(record[name], dict) else f'"{name}" must be an object'
     if not isinstance(record, dict):
         return "not a JSON object"
     missing = [f for f in REQUIRED_FIELDS if f not in record]
@@ -103,6 +106,7 @@ def _record_problem(record: Any) -> str | None:
 def read_run(path: Path) -> tuple[list[list[dict[str, Any]]], list[dict[str, Any]]]:
     """Read a `--jsonl` file back: token records grouped per answer, and the summaries.
 
+    `{"chat": …}` lines (a chat session's changes between answers) are skipped.
     Each summary closes a group, so `records[i]` belongs to `summaries[i]`; tokens after the last
     summary (a run that was killed) form one more group. Raises `EntropixError` naming the file
     and line of the first malformed line.
@@ -132,6 +136,8 @@ def read_run(path: Path) -> tuple[list[list[dict[str, Any]]], list[dict[str, Any
             raise EntropixError(
                 f'{path}:{number}: {problem}; expected a token record or {{"summary": …}}'
             )
+        if "chat" in record:
+            continue  # a chat session's change without an answer (chat/store.py)
         if "summary" in record:
             summaries.append(record["summary"])
             records.append([])
@@ -165,3 +171,45 @@ class JsonlWriter:
 
     def __exit__(self, *exc: object) -> None:
         self.close()
+
+
+SUMMARY_FIELDS = tuple(f.name for f in dataclasses.fields(Summary))
+
+
+def summary_from_record(body: dict[str, Any]) -> Summary:
+    """The `Summary` a `{"summary": …}` record was written from."""
+    missing = [name for name in SUMMARY_FIELDS if name not in body]
+    if missing:
+        raise ValueError(f"the summary lacks {', '.join(missing)}")
+    return Summary(**{name: body[name] for name in SUMMARY_FIELDS})
+
+
+def events_from_records(
+    records: Sequence[dict[str, Any]], summary: Summary | None
+) -> list[TokenEvent]:
+    """Token records → `TokenEvent`s; the summary supplies prompt size, prefill time and finish."""
+    prompt_tokens = summary.prompt_tokens if summary else 0
+    prefill = prompt_tokens / summary.prefill_tps if summary and summary.prefill_tps > 0 else 0.0
+    events = []
+    for i, rec in enumerate(records):
+        if rec["temperature"] is None:
+            raise ValueError(f"token {rec['index']}: temperature is null; cannot rebuild it")
+        last = i == len(records) - 1
+        events.append(
+            TokenEvent(
+                index=rec["index"],
+                token_id=rec["token_id"],
+                text=rec["text"],
+                logprob=math.nan if rec["logprob"] is None else float(rec["logprob"]),
+                metrics=Metrics.from_values([rec[name] for name in METRIC_NAMES]),
+                quadrant=rec["quadrant"],
+                strategy=rec["strategy"],
+                params=SamplingParams(rec["temperature"], rec["top_k"], rec["top_p"], rec["min_p"]),
+                inserted=rec["inserted"],
+                elapsed=float(rec.get("elapsed", 0.0)),
+                prompt_tokens=prompt_tokens,
+                prefill_seconds=prefill,
+                finish_reason=summary.finish_reason if summary and last else None,
+            )
+        )
+    return events

@@ -5,17 +5,14 @@ it was made of, so a replay goes through the very renderers the run used; and th
 
 from __future__ import annotations
 
-import math
-from collections.abc import Sequence
-from dataclasses import dataclass, fields
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 from ..engine.config import SamplerConfig, Thresholds
 from ..engine.generate import Summary, TokenEvent
-from ..engine.metrics import METRIC_NAMES, Metrics
 from ..engine.options import DecodingOptions
-from ..engine.records import read_run
+from ..engine.records import SUMMARY_FIELDS, events_from_records, read_run, summary_from_record
 from ..engine.sampler import SamplingParams
 from ..engine.tokens import first_difference
 from ..errors import EntropixError
@@ -70,51 +67,9 @@ def load_run(path: Path) -> Run:
         except (ValueError, TypeError) as e:
             raise EntropixError(f"{path}: answer {n + 1}: {e}") from None
         summary = summary or Summary.from_events(events)  # a killed run: totals from its tokens
-        context = {k: v for k, v in (body or {}).items() if k not in _SUMMARY_FIELDS}
+        context = {k: v for k, v in (body or {}).items() if k not in SUMMARY_FIELDS}
         answers.append(Answer(tuple(events), summary, context, cut_off=body is None))
     return Run(path, tuple(answers))
-
-
-_SUMMARY_FIELDS = tuple(f.name for f in fields(Summary))
-
-
-def summary_from_record(body: dict[str, Any]) -> Summary:
-    """The `Summary` a `{"summary": …}` record was written from."""
-    missing = [name for name in _SUMMARY_FIELDS if name not in body]
-    if missing:
-        raise ValueError(f"the summary lacks {', '.join(missing)}")
-    return Summary(**{name: body[name] for name in _SUMMARY_FIELDS})
-
-
-def events_from_records(
-    records: Sequence[dict[str, Any]], summary: Summary | None
-) -> list[TokenEvent]:
-    """Token records → `TokenEvent`s; the summary supplies prompt size, prefill time and finish."""
-    prompt_tokens = summary.prompt_tokens if summary else 0
-    prefill = prompt_tokens / summary.prefill_tps if summary and summary.prefill_tps > 0 else 0.0
-    events = []
-    for i, rec in enumerate(records):
-        if rec["temperature"] is None:
-            raise ValueError(f"token {rec['index']}: temperature is null; cannot rebuild it")
-        last = i == len(records) - 1
-        events.append(
-            TokenEvent(
-                index=rec["index"],
-                token_id=rec["token_id"],
-                text=rec["text"],
-                logprob=math.nan if rec["logprob"] is None else float(rec["logprob"]),
-                metrics=Metrics.from_values([rec[name] for name in METRIC_NAMES]),
-                quadrant=rec["quadrant"],
-                strategy=rec["strategy"],
-                params=SamplingParams(rec["temperature"], rec["top_k"], rec["top_p"], rec["min_p"]),
-                inserted=rec["inserted"],
-                elapsed=float(rec.get("elapsed", 0.0)),
-                prompt_tokens=prompt_tokens,
-                prefill_seconds=prefill,
-                finish_reason=summary.finish_reason if summary and last else None,
-            )
-        )
-    return events
 
 
 def recipe(answer: Answer, position: int, path: Path, model: str | None = None) -> Recipe:

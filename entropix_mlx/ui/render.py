@@ -177,10 +177,27 @@ def _count(n: int, noun: str) -> str:
     return f"{n} {noun}" if n == 1 else f"{n} {noun}s"
 
 
+GAUGE_WARN = 0.9  # the context gauge turns to a warning past this share of the context
+
+
+def render_gauge(used: int, limit: int) -> Text:
+    """`ctx 1,234/8,192 (15 %)`, in the warning colour past 90 %."""
+    share = used / limit if limit else 0.0
+    style = "ui.warning" if share > GAUGE_WARN else "ui.muted"
+    text = Text(f"ctx {used:,}/{limit:,} ({share:.0%})".replace("%", " %"), style=style)
+    return text.append(" · /compact makes room", style=style) if share > GAUGE_WARN else text
+
+
 def render_summary(
-    summary: Summary, peak_memory: int | None = None, *, interrupted: bool = False, bar: bool = True
+    summary: Summary,
+    peak_memory: int | None = None,
+    *,
+    interrupted: bool = False,
+    bar: bool = True,
+    context: tuple[int, int] | None = None,
 ) -> Text:
-    """One line after an answer: tokens, prefill and decode speed, peak memory, the mix."""
+    """One line after an answer: tokens, prefill and decode speed, peak memory, context use
+    (`context` = tokens used, context size), the mix."""
     line = Text(
         f"{_count(summary.tokens, 'token')} · prefill {summary.prompt_tokens}"
         f" at {summary.prefill_tps:.0f} tok/s"
@@ -189,6 +206,8 @@ def render_summary(
     )
     if peak_memory is not None:
         line.append(f" · {peak_memory / 2**20:.0f} MiB peak", style="ui.muted")
+    if context is not None:
+        line.append(" · ", style="ui.muted").append_text(render_gauge(*context))
     if summary.quadrants:
         line.append(" · ", style="ui.muted").append_text(
             render_mix(summary.quadrants, summary.strategies, bar=bar)
@@ -198,7 +217,7 @@ def render_summary(
     elif summary.finish_reason == "length":
         line.append(" · hit --max-tokens", style="ui.muted")
     elif summary.finish_reason == "context":
-        line.append(" · context full: /clear starts a new conversation", style="ui.error")
+        line.append(" · context full: /compact drops the oldest turns", style="ui.error")
     return line
 
 
@@ -258,6 +277,10 @@ def render_stats(stats: Any, *, bar: bool = True) -> Text:
     )
     if stats.interrupted:
         text.append(f" · {stats.interrupted} stopped", style="ui.mark")
+    if stats.context_limit:
+        text.append(" · ", style="ui.muted").append_text(
+            render_gauge(stats.context_used, stats.context_limit)
+        )
     if stats.quadrants:
         text.append(" · ", style="ui.muted").append_text(
             render_mix(stats.quadrants, stats.quadrants, stats.strategies, bar=bar)
@@ -348,7 +371,15 @@ class AnswerView:
             self.console.print(line, overflow="crop", no_wrap=True)
 
     def end(
-        self, summary: Summary, peak_memory: int | None = None, *, interrupted: bool = False
+        self,
+        summary: Summary,
+        peak_memory: int | None = None,
+        *,
+        interrupted: bool = False,
+        context: tuple[int, int] | None = None,
     ) -> None:
         bar = self.console.color_system is not None
-        self.console.print(render_summary(summary, peak_memory, interrupted=interrupted, bar=bar))
+        line = render_summary(
+            summary, peak_memory, interrupted=interrupted, bar=bar, context=context
+        )
+        self.console.print(line)
