@@ -3,6 +3,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import re
@@ -415,6 +416,10 @@ class ScriptedUI:
         self.events.append(ev)
         if len(self.events) == self.interrupt_at:
             os.kill(os.getpid(), signal.SIGINT)
+
+    @contextlib.contextmanager
+    def busy(self, label: str):
+        yield lambda done, total: None
 
     def end(self, summary, peak_memory, *, interrupted: bool, context) -> None:
         self.shown.append(("end", summary.tokens, interrupted))

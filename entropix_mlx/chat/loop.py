@@ -386,12 +386,13 @@ class Chat:
             raise EntropixError(f"{saved.path}: not loaded ({why})") from None
         shown = list(s.messages[-2 * SHOWN_TURNS :])
         self.ui.turns(shown, len(s.messages) - len(shown))
-        turns = sum(m.role == "assistant" for m in s.messages)
+        answers = sum(m.role == "assistant" for m in s.messages)
+        answers_text = f"{answers} answer" + ("" if answers == 1 else "s")
         recorded = saved.model and Path(saved.model).name
         current = Path(str(self.context.get("model_path", ""))).name
         note = f"; it was made on {recorded} (/model switches)" if recorded != current else ""
         self.ui.notice(
-            f"resumed {saved.path}: {turns} answers · ctx {s.context_used():,}/{s.limit:,}{note}"
+            f"resumed {saved.path}: {answers_text} · ctx {s.context_used():,}/{s.limit:,}{note}"
         )
 
     def _prefill(self, what: str) -> None:
