@@ -1,12 +1,16 @@
 """Drive the real `entropix chat` on the default model in a terminal (tmux), the way a person would:
-ask, watch coloured tokens and the live status, /retry, Ctrl-C in the middle of an answer, /exit."""
+ask, watch coloured tokens and the live status, /retry, Ctrl-C in the middle of an answer, /exit;
+then a message over several lines, /read, /set, the context gauge, /copy (the clipboard tmux gets
+from the OSC 52 escape), /render, and resuming after /exit and after a SIGKILL mid-answer."""
 
 from __future__ import annotations
 
+import itertools
 import os
 import re
 import shlex
 import shutil
+import signal
 import subprocess
 import sys
 import time
@@ -17,18 +21,33 @@ import pytest
 ENTROPIX = Path(sys.executable).with_name("entropix")
 SUMMARY = re.compile(r"\d+ tokens? · prefill (\d+) at ")
 SGR = re.compile(r"\x1b\[[0-9;]*m")
+_servers = itertools.count()
 
 
 class Terminal:
-    """A 100×50 tmux pane on a private server: send keys, read the screen (with or without SGR)."""
+    """A 100×50 tmux pane on a private server: send keys, read the screen (with or without SGR).
+
+    The server takes OSC 52 into its paste buffer (`set-clipboard on`), and a pane stays after
+    its process ends, so a killed chat's screen can still be read."""
 
     def __init__(self, command: str):
-        self.server = ["tmux", "-L", f"entropix-test-{os.getpid()}", "-f", "/dev/null"]
+        name = f"entropix-test-{os.getpid()}-{next(_servers)}"  # a closing one may linger
+        self.server = ["tmux", "-L", name, "-f", "/dev/null"]
         subprocess.run(
             [*self.server, "new-session", "-d", "-s", "t", "-x", "100", "-y", "50", command],
             check=True,
             env=os.environ | {"TERM": "xterm-256color"},
         )
+        for option in ("set-clipboard on", "remain-on-exit on"):
+            subprocess.run([*self.server, "set-option", "-g", *option.split()], check=True)
+
+    def pid(self) -> int:
+        """The pane's process (the chat itself when the command starts with `exec`)."""
+        args = ["display-message", "-p", "-t", "t", "#{pane_pid}"]
+        return int(subprocess.run([*self.server, *args], capture_output=True, text=True).stdout)
+
+    def clipboard(self) -> str:
+        return subprocess.run([*self.server, "show-buffer"], capture_output=True, text=True).stdout
 
     def screen(self, escapes: bool = False) -> str:
         args = ["capture-pane", "-p", "-t", "t", *(["-e"] if escapes else [])]
@@ -108,6 +127,108 @@ def test_chat_like_a_person(smollm2_gguf: Path, tmp_path: Path) -> None:
         while not done.exists() and time.monotonic() < end:
             time.sleep(0.1)
         assert done.exists() and done.read_text().strip() == "0", term.screen()
+        assert "Traceback" not in term.screen()
+    finally:
+        term.close()
+
+
+def flat(screen: str) -> str:
+    """The screen with whitespace collapsed: rich wraps long lines itself."""
+    return " ".join(screen.split())
+
+
+def kept(turns: int, timeout: float = 10):
+    """The newest session file once it holds `turns` answers (it is written after the summary)."""
+    from entropix_mlx.chat import store
+    from entropix_mlx.errors import EntropixError
+
+    end = time.monotonic() + timeout
+    while True:
+        try:
+            saved = store.read_session(store.latest_session())
+            if saved.turns == turns or time.monotonic() > end:
+                return saved
+        except EntropixError:
+            if time.monotonic() > end:
+                raise
+        time.sleep(0.1)
+
+
+def chat_in_terminal(model: Path, *args: str) -> Terminal:
+    return Terminal(
+        f"exec {ENTROPIX} chat --model {model} --max-tokens 24 --seed 1 {' '.join(args)}"
+    )
+
+
+@pytest.mark.slow
+def test_chat_keeps_everything_and_resumes(smollm2_gguf: Path, tmp_path: Path) -> None:
+    if shutil.which("tmux") is None:
+        pytest.skip("tmux is not installed")
+    from entropix_mlx.chat import store
+
+    question = tmp_path / "question.txt"
+    question.write_text("What is the capital of France?\n")
+    term = chat_in_terminal(smollm2_gguf)
+    try:
+        term.wait(lambda s: "/help lists commands" in s, 60, "the model to load")
+        term.send('"""Name two', "Enter", 'colours."""', "Enter")  # one message, two lines
+        screen = term.wait(lambda s: len(summaries(s)) == 1, 40, "the multi-line answer")
+        assert "… colours." in screen  # the continuation prompt
+        gauge = re.search(r"ctx (\d+)/8,192 \((\d+) %\)", flat(screen))
+        assert gauge and 0 < int(gauge.group(1)) < 8192, flat(screen)
+        assert kept(1).messages[0].content == "Name two\ncolours."  # kept as soon as it ended
+
+        term.send(f"/read {question}", "Enter")
+        term.wait(lambda s: len(summaries(s)) == 2, 40, "the answer to /read")
+        saved = kept(2)
+        answer = saved.messages[-1].content
+        assert saved.messages[-2].content == "What is the capital of France?\n"
+
+        term.send("/set high_ent=4.2", "Enter")
+        term.wait(lambda s: "high_ent = 4.2" in s, 10, "/set")
+        term.send("/copy", "Enter")
+        term.wait(lambda s: "copied the last answer" in s, 10, "/copy")
+        assert "OSC 52" in flat(term.screen())
+        end = time.monotonic() + 5
+        while term.clipboard() != answer and time.monotonic() < end:
+            time.sleep(0.1)
+        assert term.clipboard() == answer  # the escape carried exactly the answer
+
+        term.send("/render", "Enter")
+        first_words = " ".join(answer.split()[:3])
+        term.wait(lambda s: first_words in flat(s.split("/render")[-1]), 10, "/render's Markdown")
+        term.send("/exit", "Enter")
+        term.wait(lambda s: "kept in" in s, 10, "/exit")
+        path = store.latest_session()
+        assert store.read_session(path).turns == 2
+    finally:
+        term.close()
+
+    term = chat_in_terminal(smollm2_gguf, "--resume")
+    try:
+        term.wait(lambda s: "resumed" in s, 60, "the chat to resume")
+        screen = flat(term.screen())
+        assert f"resumed{path}:2answers" in "".join(screen.split())
+        assert "What is the capital of France?" in screen  # the last turns are shown
+        term.send("Write a long story about a dragon who learns to bake bread.", "Enter")
+        term.wait(lambda s: "Ctrl-C stops" in s, 30, "the story to start")
+        os.kill(term.pid(), signal.SIGKILL)  # the terminal dies mid-answer
+        time.sleep(0.5)
+    finally:
+        term.close()
+    saved = store.read_session(path)
+    assert saved.turns == 2 and len(saved.messages) == 4  # the last complete turn
+    assert saved.config.high_ent == 4.2 and saved.messages[-1].content == answer
+
+    term = chat_in_terminal(smollm2_gguf, "--resume")
+    try:
+        term.wait(
+            lambda s: "resumed" in s and "2 answers" in flat(s), 60, "the resume after a kill"
+        )
+        term.send("/stats", "Enter")
+        term.wait(lambda s: "2 answers" in s.split("/stats")[-1], 10, "/stats after the kill")
+        term.send("/exit", "Enter")
+        term.wait(lambda s: "kept in" in s, 10, "/exit")
         assert "Traceback" not in term.screen()
     finally:
         term.close()
