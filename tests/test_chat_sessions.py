@@ -386,3 +386,45 @@ def test_state_lines_are_json(tiny, tmp_path) -> None:
     s.set_system("x")
     log.sync(s)
     assert json.loads(log.path.read_text())["chat"]["system"] == "x"
+
+
+def test_load_takes_over_a_saved_chat_and_logs_it(tiny, tmp_path) -> None:
+    first = session(tiny, system="Be brief.", seed=9)
+    list(first.turn("hello"))
+    list(first.turn("more"))
+    _, jsonl = store.save(first, tmp_path / "saved")
+    s = session(tiny)
+    list(s.turn("something else"))
+    log = store.SessionLog(tmp_path / "live.jsonl")
+    ui = ScriptedUI([f"/load {jsonl}"])
+    run_chat(s, ui, log=log)
+    assert state(s) == state(first) and s.cached_ids == s.conversation_ids() and consistent(s)
+    assert next(i for i in ui.shown if i[0] == "turns")[2] == 0  # both turns shown, none skipped
+    assert state(resumed(tiny, log.path)) == state(first)  # the live file took the loaded chat
+
+
+def test_edit_sends_what_the_editor_saved(tiny, monkeypatch) -> None:
+    from entropix_mlx.ui.chat_view import edit_in_editor
+
+    env = {"EDITOR": 'sh -c \'printf "line one\\nline two" > "$1"\' sh'}
+    assert edit_in_editor("", env) == "line one\nline two"
+    with pytest.raises(Exception, match="not found"):
+        edit_in_editor("", {"EDITOR": "/no/such/editor"})
+    with pytest.raises(Exception, match="exited with status 3"):
+        edit_in_editor("", {"EDITOR": "sh -c 'exit 3'"})
+
+
+def test_render_shows_markdown_with_highlighted_code() -> None:
+    import io
+
+    from entropix_mlx.ui import render as tui
+    from entropix_mlx.ui.chat_view import ChatView
+
+    from rich.console import Console
+
+    console = Console(
+        file=io.StringIO(), width=80, force_terminal=True, color_system="truecolor", theme=tui.THEME
+    )
+    ChatView(console, editor=False).markdown("# Title\n\n```python\nprint('hi')\n```")
+    out = console.file.getvalue()
+    assert "Title" in out and "print" in out and "```" not in out and "\x1b[" in out
