@@ -121,6 +121,8 @@ def _chat(model, system, plain, options, saved, no_save) -> None:
     mdl, tok, info = _load(console, model)
     if saved is None:
         _show_profile(console, options.sampler, options.config, info.name)
+    else:
+        _show_profile(console, saved.sampler, saved.config, info.name)
     session = ChatSession(
         mdl,
         tok,
