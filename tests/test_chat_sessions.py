@@ -417,10 +417,10 @@ def test_edit_sends_what_the_editor_saved(tiny, monkeypatch) -> None:
 def test_render_shows_markdown_with_highlighted_code() -> None:
     import io
 
+    from rich.console import Console
+
     from entropix_mlx.ui import render as tui
     from entropix_mlx.ui.chat_view import ChatView
-
-    from rich.console import Console
 
     console = Console(
         file=io.StringIO(), width=80, force_terminal=True, color_system="truecolor", theme=tui.THEME

@@ -48,4 +48,4 @@ def read_message_file(path: Path, limit: int = MAX_FILE_BYTES) -> str:
         raise EntropixError(f"/read {path}: cannot read it ({e.strerror})") from None
     if not text.strip():
         raise EntropixError(f"/read {path}: the file is empty")
-    return text
+    return text.strip()  # as `run -f`: a file's final newline is not part of the message

@@ -18,7 +18,7 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
-from ..engine.config import SamplerConfig
+from ..engine.config import SAMPLERS, SamplerConfig
 from ..engine.generate import Summary
 from ..engine.records import event_record, events_from_records, summary_record
 from ..engine.sampler import SamplingParams
@@ -149,6 +149,8 @@ def read_session(path: Path) -> SavedChat:
             f"{path}: holds no chat (no messages recorded); pass a file from "
             "`entropix chat` (its sessions folder or /save)"
         )
+    if state.get("sampler") not in SAMPLERS:
+        raise EntropixError(f"{path}: unknown sampler {state.get('sampler')!r} recorded")
     try:
         return SavedChat(
             path=path,

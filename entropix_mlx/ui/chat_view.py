@@ -116,7 +116,8 @@ class ChatView:
 
     def copy(self, text: str) -> str:
         """Copy `text` to the clipboard; says how."""
-        terminal = self.console.file if self.console.is_terminal else None
+        file = self.console.file  # plain output (--plain, NO_COLOR) on a terminal still copies
+        terminal = file if getattr(file, "isatty", lambda: False)() else None
         return clipboard.copy(text, terminal)
 
     def edit(self, text: str) -> str | None:
