@@ -428,3 +428,13 @@ def test_render_shows_markdown_with_highlighted_code() -> None:
     ChatView(console, editor=False).markdown("# Title\n\n```python\nprint('hi')\n```")
     out = console.file.getvalue()
     assert "Title" in out and "print" in out and "```" not in out and "\x1b[" in out
+
+
+def test_set_and_profile_keep_samples_parameters_in_step(tiny) -> None:
+    from entropix_mlx.engine.sampler import SamplingParams
+
+    s = session(tiny, sampler="sample", params=SamplingParams(0.3, 5, 0.8, 0.0))
+    run_chat(s, ScriptedUI(["/set temperature=0.9"]))
+    assert s.params == SamplingParams(0.9, 5, 0.8, 0.0)  # --top-k/--top-p given at start stay
+    run_chat(s, ScriptedUI(["/profile reference"]))
+    assert s.params == SamplingParams.from_config(s.config)

@@ -284,7 +284,7 @@ class Chat:
             if not sep or not field:
                 raise EntropixError(f"/set {item}: expected FIELD=VALUE, e.g. /set high_ent=4.2")
             pairs[field] = value
-        self.session.set_config(self.session.config.with_overrides(pairs))
+        self.session.set_config(self.session.config.with_overrides(pairs), base=list(pairs))
         self.ui.notice(", ".join(f"{k} = {getattr(self.session.config, k)}" for k in pairs))
 
     def _profile(self, arg: str) -> None:
@@ -306,7 +306,9 @@ class Chat:
         }
         if s.params is not None and s.sampler == "sample":
             p = s.params
-            values["sample"] = f"temp {p.temperature} · top-k {p.top_k} · top-p {p.top_p}"
+            values["sample"] = (
+                f"temperature {p.temperature} · top-k {p.top_k} · top-p {p.top_p} · min-p {p.min_p}"
+            )
         if self.log is not None:
             values["session file"] = str(self.log.path)
         self.ui.settings(values, s.config)

@@ -11,7 +11,7 @@ from __future__ import annotations
 import random
 from collections import Counter
 from collections.abc import Callable, Iterator, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any
 
 import mlx.core as mx
@@ -95,7 +95,15 @@ class ChatSession:
             self._seeds.getrandbits(32)
         self.draws = draws
 
-    def set_config(self, config: SamplerConfig) -> None:
+    def set_config(self, config: SamplerConfig, *, base: Sequence[str] | None = None) -> None:
+        """Use `config`; `sample` takes its base parameters (T0, k0, p0, m0) from it too: the
+        ones named in `base`, or all when `base` is None (a new profile)."""
+        names = ("temperature", "top_k", "top_p", "min_p")
+        fresh = SamplingParams.from_config(config)
+        current = self.params or fresh
+        self.params = replace(
+            current, **{n: getattr(fresh, n) for n in names if base is None or n in base}
+        )
         self.config = config
 
     def set_max_tokens(self, n: int) -> None:
