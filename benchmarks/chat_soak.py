@@ -190,13 +190,15 @@ class SoakView:
                 self.drifted += 1
             self.answered = None
         if self.turn in CHECKPOINTS and self.turn not in self.rss:
-            diff = keys_match_a_fresh_prefill(s)
-            self.rss[self.turn] = (rss_bytes(), cache_bytes(s), diff)
+            rss, active, cached = rss_bytes(), mx.get_active_memory(), mx.get_cache_memory()
+            diff = keys_match_a_fresh_prefill(s)  # after the reading: it allocates a second cache
+            self.rss[self.turn] = (rss, cache_bytes(s), diff)
             mins = (time.perf_counter() - self.started) / 60
             print(
-                f"  turn {self.turn:>3}: RSS {rss_bytes() / 2**20:7.1f} MiB · KV cache"
-                f" {cache_bytes(s) / 2**20:5.1f} MiB · ctx {len(s.conversation_ids())}/{s.limit}"
-                f" · keys vs fresh prefill {diff:.2e} · {mins:.1f} min",
+                f"  turn {self.turn:>3}: RSS {rss / 2**20:6.1f} MiB · KV cache"
+                f" {cache_bytes(s) / 2**20:4.1f} MiB · MLX active {active / 2**20:6.1f} MiB,"
+                f" buffer cache {cached / 2**20:5.1f} MiB · ctx {len(s.conversation_ids())}/"
+                f"{s.limit} · keys vs a fresh prefill {diff:.1e} · {mins:.1f} min",
                 flush=True,
             )
 
