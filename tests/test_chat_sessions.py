@@ -438,3 +438,16 @@ def test_set_and_profile_keep_samples_parameters_in_step(tiny) -> None:
     assert s.params == SamplingParams(0.9, 5, 0.8, 0.0)  # --top-k/--top-p given at start stay
     run_chat(s, ScriptedUI(["/profile reference"]))
     assert s.params == SamplingParams.from_config(s.config)
+
+
+def test_a_chat_that_does_not_fit_is_not_loaded(tiny, tmp_path) -> None:
+    big = session(tiny)
+    list(big.turn("hello there, this is a message of some length"))
+    _, jsonl = store.save(big, tmp_path / "big")
+    s = session(tiny, context_limit=24)
+    list(s.turn("hi"))
+    before = state(s)
+    ui = ScriptedUI([f"/load {jsonl}"])
+    run_chat(s, ui)
+    assert len(errors(ui)) == 1 and "not loaded" in errors(ui)[0] and "not fit" in errors(ui)[0]
+    assert state(s) == before and consistent(s)

@@ -402,7 +402,7 @@ class Chat:
             with self.ui.busy("reading the conversation into the cache") as progress:
                 self.session.prefill(progress)
         except ContextFullError as e:
-            self.ui.warning(f"{what}: {e}")
+            self.ui.warning(f"{what}: {e}; /compact drops the oldest turns")
             return
         except KeyboardInterrupt:
             self.ui.notice(f"{what}: the next message reads the conversation")

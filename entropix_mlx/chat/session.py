@@ -162,8 +162,7 @@ class ChatSession:
             return 0
         if len(ids) >= self.limit:
             raise ContextFullError(
-                f"the conversation ({len(ids):,} tokens) does not fit the context of "
-                f"{self.limit:,}; /compact drops the oldest turns"
+                f"the conversation ({len(ids):,} tokens) does not fit the context of {self.limit:,}"
             )
         try:
             prefill(self.model, ids[keep:], self.cache, progress=progress)
