@@ -37,7 +37,7 @@ SystemFileOpt = Annotated[
 ResumeOpt = Annotated[
     bool,
     typer.Option(
-        "--resume", "-r", help="Continue a saved chat: SESSION, else the latest one (see --help)."
+        "--resume", "-r", help="Continue a saved chat: the SESSION file given, else the latest."
     ),
 ]
 NoSaveOpt = Annotated[
@@ -48,6 +48,7 @@ SessionArg = Annotated[
     Path | None,
     typer.Argument(
         help="With --resume: a session file (from the sessions folder or a /save .jsonl).",
+        metavar="SESSION",
         show_default=False,
     ),
 ]
