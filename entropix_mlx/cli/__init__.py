@@ -3,8 +3,13 @@ is a module that registers on it. Imports stay inside `main`, so importing the p
 
 from __future__ import annotations
 
+import contextlib
+import io
+import os
 import sys
-from typing import TYPE_CHECKING
+import traceback
+from collections.abc import Iterator
+from typing import TYPE_CHECKING, TextIO
 
 if TYPE_CHECKING:
     import typer
@@ -20,6 +25,43 @@ def make_app() -> typer.Typer:
 
 def main() -> None:
     """Entry point: click's multi-line usage errors become one line naming the bad flag."""
+    if any(name in os.environ for name in ("MLX_RANK", "OMPI_COMM_WORLD_SIZE", "PMI_SIZE")):
+        from ..model.distributed import launch_rank
+
+        if launch_rank() > 0:
+            with _quiet(launch_rank()):
+                _main()
+            return
+    _main()
+
+
+@contextlib.contextmanager
+def _quiet(rank: int) -> Iterator[None]:
+    """Under mlx.launch only rank 0 shows anything: another rank's output is dropped, except the
+    one-line error it fails with (or the end of a traceback), marked with its rank."""
+    real_err = sys.stderr
+    captured = io.StringIO()
+    sys.stdout, sys.stderr = open(os.devnull, "w"), captured  # noqa: SIM115 (lives to the exit)
+    try:
+        yield
+    except SystemExit as e:
+        if e.code not in (0, None):
+            _report(real_err, rank, captured.getvalue())
+        raise
+    except BaseException:
+        traceback.print_exc(file=captured)
+        _report(real_err, rank, captured.getvalue())
+        raise SystemExit(1) from None
+
+
+def _report(err: TextIO, rank: int, text: str) -> None:
+    lines = [line for line in text.strip().splitlines() if line.strip()]
+    if lines:
+        err.write(f"rank {rank}: {lines[-1]}\n")
+        err.flush()
+
+
+def _main() -> None:
     import click
     import typer
 
