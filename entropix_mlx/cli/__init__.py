@@ -55,6 +55,11 @@ def _quiet(rank: int) -> Iterator[None]:
 
 
 def _report(err: TextIO, rank: int, text: str) -> None:
+    import time
+
+    # An error every rank hits (a bad flag, heads that cannot be split) is rank 0's to report:
+    # mlx.launch ends the other ranks as soon as one fails, so waiting a moment keeps one line.
+    time.sleep(1.0)
     lines = [line for line in text.strip().splitlines() if line.strip()]
     if lines:
         err.write(f"rank {rank}: {lines[-1]}\n")

@@ -17,6 +17,7 @@ from .app import (
     TempOpt,
     TopKOpt,
     TopPOpt,
+    _group,
     _guard,
     _load,
     _options,
@@ -77,4 +78,35 @@ def _chat(model, system, plain, options) -> None:
         seed=options.seed,
         context_limit=info.context_length,
     )
-    run_chat(session, ChatView(console, plain=plain), model=info.name, device=info.device)
+    view = ChatView(console, plain=plain)
+    group = _group()
+    if group is not None:
+        view = _SharedInput(view, group)
+    run_chat(session, view, model=info.name, device=info.device)
+
+
+class _SharedInput:
+    """Under mlx.launch: rank 0 reads each line and every rank acts on it (the others draw into
+    the void), so all ranks run the same steps. Only rank 0 writes /save's files."""
+
+    def __init__(self, view, group):
+        self.view, self.group = view, group
+
+    def prompt(self) -> str | None:
+        from ..model.distributed import broadcast_object
+
+        line: str | None | KeyboardInterrupt = None
+        if self.group.rank() == 0:
+            try:
+                line = self.view.prompt()
+            except KeyboardInterrupt as e:
+                line = e
+        line = broadcast_object(line, self.group)
+        if isinstance(line, KeyboardInterrupt):
+            raise line
+        if self.group.rank() > 0 and line is not None and line.strip().startswith("/save"):
+            return ""  # /save changes nothing the next steps depend on
+        return line
+
+    def __getattr__(self, name: str):
+        return getattr(self.view, name)
