@@ -15,6 +15,8 @@ from .app import (
     PlainOpt,
     ProfileOpt,
     _fail,
+    _from_rank_zero,
+    _group,
     _guard,
     _load,
     _options,
@@ -199,36 +201,48 @@ def eval_(
 def _eval(path, questions, samplers, model, options, seeds, jsonl, plain) -> None:
     import contextlib
     import dataclasses
+    import functools
 
     from ..engine.config import profile_for_model
     from ..engine.records import JsonlWriter
     from ..lab.evaluate import answer_questions, tally
+    from ..lab.parallel import answer_shared
     from ..lab.stats import LEVEL, N_BOOT
     from ..ui import render as tui
     from ..ui import tables
 
     err, out = tui.console(plain, stderr=True), tui.console(plain)
-    mdl, tok, info = _load(err, model)
+    group = _group()  # under mlx.launch each rank answers a share of the questions
+    mdl, tok, info = _load(err, model, split=False)
+    options = _from_rank_zero(options)
     config, max_tokens, seed = options.config, options.max_tokens, options.seed
     labels = ", ".join(c.label for c in samplers)
     err.print(tui.render_profile(labels, config, profile_for_model(info.name)))
+    answer = functools.partial(
+        answer_questions,
+        mdl,
+        tok,
+        samplers=samplers,
+        config=config,
+        max_tokens=max_tokens,
+        seed=seed,
+        seeds=seeds,
+    )
+    show = lambda a: err.print(tables.answer_line(a), no_wrap=True, overflow="ellipsis")
+    if group is None:
+        stream = answer(questions)
+    else:  # rank 0 shows its own answers as they come, then writes everyone's in order
+        stream = iter(answer_shared(answer, questions, group, on_answer=show))
+        jsonl = jsonl if group.rank() == 0 else None
     answers = []
     with JsonlWriter(jsonl) if jsonl else contextlib.nullcontext() as writer:
         # `sample` draws with the config's base parameters: `options.params`, as in every command.
-        for answer in answer_questions(
-            mdl,
-            tok,
-            questions,
-            samplers,
-            config=config,
-            max_tokens=max_tokens,
-            seed=seed,
-            seeds=seeds,
-        ):
-            answers.append(answer)
-            err.print(tables.answer_line(answer), no_wrap=True, overflow="ellipsis")
+        for a in stream:
+            answers.append(a)
+            if group is None:
+                show(a)
             if writer:
-                writer.write(answer.record())
+                writer.write(a.record())
         rows = tally(answers)
         if writer:
             writer.write(
