@@ -59,7 +59,7 @@ def _report(err: TextIO, rank: int, text: str) -> None:
 
     # An error every rank hits (a bad flag, heads that cannot be split) is rank 0's to report:
     # mlx.launch ends the other ranks as soon as one fails, so waiting a moment keeps one line.
-    time.sleep(1.0)
+    time.sleep(5.0)
     lines = [line for line in text.strip().splitlines() if line.strip()]
     if lines:
         err.write(f"rank {rank}: {lines[-1]}\n")

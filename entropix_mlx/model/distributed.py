@@ -21,6 +21,7 @@ import pickle
 import subprocess
 import sys
 from collections.abc import Sequence
+from pathlib import Path
 from typing import Any
 
 import mlx.core as mx
@@ -98,7 +99,7 @@ def _peers() -> str:
     if not path:
         return "no MLX_HOSTFILE"
     try:
-        text = open(path, encoding="utf-8").read().strip()
+        text = Path(path).read_text(encoding="utf-8").strip()
     except OSError:
         return f"hostfile {path} unreadable"
     return f"hostfile {text}" if len(text) < 200 else f"hostfile {path}"
@@ -184,10 +185,14 @@ def _columns(linear: nn.Module, cols: slice) -> nn.Module:
             raise DistributedError(
                 f"cannot split a quantized matrix at column {cols.start} (group size {group})"
             )
-        linear.weight = mx.contiguous(linear.weight[:, cols.start // per_word : cols.stop // per_word])
+        linear.weight = mx.contiguous(
+            linear.weight[:, cols.start // per_word : cols.stop // per_word]
+        )
         for name in ("scales", "biases"):
             if linear.get(name) is not None:
-                linear[name] = mx.contiguous(linear[name][:, cols.start // group : cols.stop // group])
+                linear[name] = mx.contiguous(
+                    linear[name][:, cols.start // group : cols.stop // group]
+                )
     else:
         linear.weight = mx.contiguous(linear.weight[:, cols])
     return linear

@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import inspect
 import math
-from dataclasses import dataclass
 from collections.abc import Callable
+from dataclasses import dataclass
 from typing import Any, NamedTuple
 
 import mlx.core as mx
