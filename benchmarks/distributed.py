@@ -22,6 +22,8 @@ import tempfile
 import time
 from pathlib import Path
 
+import entropix_mlx  # noqa: F401 (first: it sets up the BLAS before MLX binds its symbols)
+
 # isort: split
 import mlx.core as mx
 

@@ -11,10 +11,12 @@ import hashlib
 import pickle
 import sys
 
+import entropix_mlx  # noqa: F401 (first: it sets up the BLAS before MLX binds its symbols)
+
+# isort: split
 import mlx.core as mx
 import numpy as np
 
-import entropix_mlx  # noqa: F401 (sets up the BLAS before MLX is imported)
 from entropix_mlx.engine.generate import generate, prefill
 from entropix_mlx.model.distributed import connect, gather_objects, shard
 from entropix_mlx.model.load import load
