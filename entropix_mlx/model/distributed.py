@@ -149,6 +149,9 @@ def shard(model: Any, group: Group) -> Any:
         layer.mlp.gate_proj = _rows(layer.mlp.gate_proj, mlp)
         layer.mlp.up_proj = _rows(layer.mlp.up_proj, mlp)
         layer.mlp.down_proj = AllSumLinear(_columns(layer.mlp.down_proj, mlp), group)
+    ops = getattr(model, "ops", None)
+    if ops is not None:  # a model-wide ops dispatch holds the head counts the attention uses
+        model.use_ops(type(ops)(kv_heads[rank] * G, kv_heads[rank], ops.head_dim, ops.periods))
     model.gather_scores = ScoreGather(group, [k * G for k in kv_heads])
     mx.eval(model.parameters())  # the slices, so the whole matrices can be freed
     return model
