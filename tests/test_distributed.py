@@ -25,6 +25,8 @@ from entropix_mlx.engine.metrics import METRIC_NAMES
 from entropix_mlx.model.distributed import (
     DistributedError,
     ScoreGather,
+    connect,
+    launched,
     plan_heads,
     shard,
     split_counts,
@@ -113,6 +115,15 @@ def test_too_few_heads_is_one_line_naming_the_counts() -> None:
         plan_heads(8, 2, 3)
     message = str(e.value)
     assert "\n" not in message and "2 key-value heads" in message and "3 ranks" in message
+
+
+def test_a_launch_of_one_rank_is_one_process(tmp_path, monkeypatch) -> None:
+    empty = tmp_path / "hostfile"
+    empty.write_text("\n")  # what `mlx.launch -n 1` writes for the ring
+    monkeypatch.setenv("MLX_RANK", "0")
+    monkeypatch.setenv("MLX_HOSTFILE", str(empty))
+    assert not launched()
+    assert connect().size() == 1
 
 
 class _Group:

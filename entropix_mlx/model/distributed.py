@@ -42,8 +42,8 @@ class DistributedError(EntropixError):
 
 
 def launched() -> bool:
-    """Whether this process was started by mlx.launch / mpirun (without importing anything)."""
-    return any(name in os.environ for name in LAUNCH_ENV)
+    """Whether mlx.launch / mpirun started this process among others (reads only the env)."""
+    return any(name in os.environ for name in LAUNCH_ENV) and not _alone()
 
 
 def launch_rank() -> int:
@@ -62,6 +62,8 @@ def connect(timeout: float | None = None) -> Group:
     `timeout` seconds (default 60, or $ENTROPIX_CONNECT_TIMEOUT).
     """
     if not launched():
+        if _alone():  # MLX would fail parsing the empty hostfile rather than run alone
+            os.environ.pop("MLX_HOSTFILE")
         return mx.distributed.init()
     if timeout is None:
         timeout = float(os.environ.get(CONNECT_TIMEOUT_ENV, DEFAULT_CONNECT_TIMEOUT))
@@ -91,6 +93,15 @@ time.sleep(timeout)
 os.write(2, message.encode())
 os.kill(pid, signal.SIGTERM)
 """
+
+
+def _alone() -> bool:
+    """`mlx.launch -n 1` gives the ring an empty hostfile, which MLX cannot parse: one process."""
+    path = os.environ.get("MLX_HOSTFILE")
+    try:
+        return path is not None and not Path(path).read_text(encoding="utf-8").strip()
+    except OSError:
+        return False
 
 
 def _peers() -> str:
