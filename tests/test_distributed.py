@@ -26,11 +26,11 @@ from entropix_mlx.model.distributed import (
     DistributedError,
     ScoreGather,
     connect,
-    launched,
     plan_heads,
     shard,
     split_counts,
 )
+from entropix_mlx.model.launch import launched
 from entropix_mlx.model.load import load
 
 HERE = Path(__file__).resolve().parent

@@ -25,13 +25,12 @@ def make_app() -> typer.Typer:
 
 def main() -> None:
     """Entry point: click's multi-line usage errors become one line naming the bad flag."""
-    if any(name in os.environ for name in ("MLX_RANK", "OMPI_COMM_WORLD_SIZE", "PMI_SIZE")):
-        from ..model.distributed import launch_rank
+    from ..model.launch import launch_rank, launched
 
-        if launch_rank() > 0:
-            with _quiet(launch_rank()):
-                _main()
-            return
+    if launched() and launch_rank() > 0:
+        with _quiet(launch_rank()):
+            _main()
+        return
     _main()
 
 

@@ -153,7 +153,7 @@ def _options(
     try:  # commands call this before `_guard`, so its errors become one line here
         name = _model_file_name(model) if profile == AUTO_PROFILE else None
         config = load_profile(profile, model=name).with_overrides(pairs)
-        return decoding_options(
+        options = decoding_options(
             sampler,
             config,
             max_tokens=max_tokens,
@@ -165,6 +165,7 @@ def _options(
         )
     except (ValueError, EntropixError) as e:
         _fail(str(e))
+    return _from_rank_zero(options)  # under mlx.launch: rank 0's random seed on every rank
 
 
 def _sampler_names(text: str) -> tuple[str, ...]:
@@ -256,7 +257,7 @@ def _from_rank_zero(value: Any) -> Any:
 
 def _follower() -> bool:
     """Whether mlx.launch started this process as a rank other than 0 (which reads no input)."""
-    from ..model.distributed import launch_rank, launched
+    from ..model.launch import launch_rank, launched
 
     return launched() and launch_rank() > 0
 
@@ -264,11 +265,16 @@ def _follower() -> bool:
 @functools.cache
 def _group():
     """The mlx.launch group, connected once per process; None when this process runs alone."""
-    from ..model.distributed import connect, launched
+    from ..model.launch import launched
 
     if not launched():
         return None
-    group = connect()
+    from ..model.distributed import connect
+
+    try:
+        group = connect()
+    except EntropixError as e:
+        _fail(str(e))
     return group if group.size() > 1 else None
 
 

@@ -17,7 +17,6 @@ from .app import (
     TempOpt,
     TopKOpt,
     TopPOpt,
-    _from_rank_zero,
     _group,
     _guard,
     _load,
@@ -67,7 +66,6 @@ def _chat(model, system, plain, options) -> None:
     plain = tui.wants_plain(plain, sys.stdout)
     console = tui.make_console(plain=plain)
     mdl, tok, info = _load(console, model)
-    options = _from_rank_zero(options)  # under mlx.launch: rank 0's seed on every rank
     _show_profile(console, options.sampler, options.config, info.name)
     session = ChatSession(
         mdl,

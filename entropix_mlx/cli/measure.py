@@ -15,7 +15,6 @@ from .app import (
     PlainOpt,
     ProfileOpt,
     _fail,
-    _from_rank_zero,
     _group,
     _guard,
     _load,
@@ -214,7 +213,6 @@ def _eval(path, questions, samplers, model, options, seeds, jsonl, plain) -> Non
     err, out = tui.console(plain, stderr=True), tui.console(plain)
     group = _group()  # under mlx.launch each rank answers a share of the questions
     mdl, tok, info = _load(err, model, split=False)
-    options = _from_rank_zero(options)
     config, max_tokens, seed = options.config, options.max_tokens, options.seed
     labels = ", ".join(c.label for c in samplers)
     err.print(tui.render_profile(labels, config, profile_for_model(info.name)))

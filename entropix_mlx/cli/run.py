@@ -136,7 +136,7 @@ def _run(path, prompts, model, raw, jsonl, plain, as_json, options, plot=False) 
 
     err, out = tui.console(plain, stderr=True), tui.console(plain)
     mdl, tok, info = _load(err, model, quiet=True)
-    prompts, options = _from_rank_zero((prompts, options))  # under mlx.launch: rank 0's
+    prompts = _from_rank_zero(prompts)  # under mlx.launch: rank 0 read them
     jsonl = None if _follower() else jsonl
     prompt_ids = [_prompt_ids(tok, item["prompt"], item["system"], raw) for item in prompts]
     _check_fits(path, prompt_ids, mdl.args.max_position_embeddings)  # before anything is printed

@@ -29,29 +29,15 @@ import mlx.nn as nn
 import numpy as np
 
 from ..errors import EntropixError
+from .launch import alone, launch_rank, launched
 
 Group = mx.distributed.Group
-# What mlx.launch (ring: MLX_RANK + MLX_HOSTFILE; jaccl/nccl: MLX_RANK) or mpirun sets.
-LAUNCH_ENV = ("MLX_RANK", "OMPI_COMM_WORLD_SIZE", "PMI_SIZE")
 CONNECT_TIMEOUT_ENV = "ENTROPIX_CONNECT_TIMEOUT"
 DEFAULT_CONNECT_TIMEOUT = 60.0
 
 
 class DistributedError(EntropixError):
     """The group cannot be formed, or the model cannot be split across it."""
-
-
-def launched() -> bool:
-    """Whether mlx.launch / mpirun started this process among others (reads only the env)."""
-    return any(name in os.environ for name in LAUNCH_ENV) and not _alone()
-
-
-def launch_rank() -> int:
-    """This process's rank as the launcher set it (0 when not launched), before connecting."""
-    for name in ("MLX_RANK", "OMPI_COMM_WORLD_RANK", "PMI_RANK"):
-        if name in os.environ:
-            return int(os.environ[name])
-    return 0
 
 
 def connect(timeout: float | None = None) -> Group:
@@ -62,7 +48,7 @@ def connect(timeout: float | None = None) -> Group:
     `timeout` seconds (default 60, or $ENTROPIX_CONNECT_TIMEOUT).
     """
     if not launched():
-        if _alone():  # MLX would fail parsing the empty hostfile rather than run alone
+        if alone():  # MLX would fail parsing the empty hostfile rather than run alone
             os.environ.pop("MLX_HOSTFILE")
         return mx.distributed.init()
     if timeout is None:
@@ -93,15 +79,6 @@ time.sleep(timeout)
 os.write(2, message.encode())
 os.kill(pid, signal.SIGTERM)
 """
-
-
-def _alone() -> bool:
-    """`mlx.launch -n 1` gives the ring an empty hostfile, which MLX cannot parse: one process."""
-    path = os.environ.get("MLX_HOSTFILE")
-    try:
-        return path is not None and not Path(path).read_text(encoding="utf-8").strip()
-    except OSError:
-        return False
 
 
 def _peers() -> str:
