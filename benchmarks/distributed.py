@@ -16,6 +16,7 @@ import argparse
 import json
 import os
 import socket
+import statistics
 import subprocess
 import sys
 import tempfile
@@ -49,14 +50,17 @@ def decode_speed(model, tok, prompt_tokens: int, tokens: int) -> dict[str, float
 
 
 def collective_latency(group, shape: tuple[int, ...], gather: bool, repeat: int = 100) -> float:
-    """Seconds per collective, each evaluated on its own as a decode step needs it."""
+    """Median seconds per collective, each evaluated on its own as a decode step needs it (the
+    median, because on a shared machine a few waits for the scheduler dwarf the rest)."""
     x = mx.ones(shape)
     op = mx.distributed.all_gather if gather else mx.distributed.all_sum
     mx.eval(op(x, group=group))
-    t0 = time.perf_counter()
+    times = []
     for _ in range(repeat):
+        t0 = time.perf_counter()
         mx.eval(op(x, group=group))
-    return (time.perf_counter() - t0) / repeat
+        times.append(time.perf_counter() - t0)
+    return statistics.median(times)
 
 
 def worker(args: argparse.Namespace) -> None:
@@ -129,11 +133,11 @@ def report(name: str, args, one: dict, many: dict) -> None:
     print(f"{'prefill tok/s':24}{one['prefill_tps']:>12.1f}{many['prefill_tps']:>16.1f}")
     print(f"{'decode tok/s':24}{one['decode_tps']:>12.1f}{many['decode_tps']:>16.1f}")
     print(
-        f"all-reduce of one hidden vector ({many['hidden']} floats): "
+        f"all-reduce (median) of one hidden vector ({many['hidden']} floats): "
         f"{many['all_sum_hidden_s'] * 1e6:.0f} µs; {2 * layers} per token"
     )
     print(
-        f"all-gather of the scores ({many['score_floats']} floats in all): "
+        f"all-gather (median) of the scores ({many['score_floats']} floats in all): "
         f"{many['all_gather_scores_s'] * 1e6:.0f} µs; 1 per token"
     )
     print(
