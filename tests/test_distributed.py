@@ -145,11 +145,14 @@ def test_shard_refuses_a_model_with_fewer_kv_heads_than_ranks(tiny) -> None:
         shard(model, _Group(2))
 
 
-def test_uneven_score_gather_keeps_head_order() -> None:
-    # A group of one returns its own array from all_gather: pretend two ranks by hand.
-    gather = ScoreGather(mx.distributed.init(), [3])
-    scores = mx.arange(2 * 4 * 3 * 5, dtype=mx.float32).reshape(2, 4, 3, 5)
-    assert mx.array_equal(gather(scores), scores)
+def test_uneven_score_gather_keeps_head_order(monkeypatch) -> None:
+    # Rank 0 of two holds heads 0-1, rank 1 head 2 (3 kv heads as 2 + 1); fake the all_gather.
+    every = mx.arange(2 * 4 * 3 * 5, dtype=mx.float32).reshape(2, 4, 3, 5)  # (B, layers, H, T)
+    rank1 = mx.concatenate([every[:, :, 2:], mx.zeros((2, 4, 1, 5))], axis=2)  # padded to 2
+    fake = lambda x, group: mx.concatenate([x, rank1], axis=0)
+    monkeypatch.setattr(mx.distributed, "all_gather", fake)
+    gathered = ScoreGather(_Group(2), [2, 1])(every[:, :, :2])
+    assert mx.array_equal(gathered, every)
 
 
 # ── tensor parallelism: two ranks against one process ─────────────────────────────────────────
