@@ -49,9 +49,12 @@ def decode_speed(model, tok, prompt_tokens: int, tokens: int) -> dict[str, float
     }
 
 
-def collective_latency(group, shape: tuple[int, ...], gather: bool, repeat: int = 100) -> float:
-    """Median seconds per collective, each evaluated on its own as a decode step needs it (the
-    median, because on a shared machine a few waits for the scheduler dwarf the rest)."""
+def collective_latency(
+    group, shape: tuple[int, ...], gather: bool, repeat: int = 100
+) -> tuple[float, float]:
+    """Median and mean seconds per collective, each evaluated on its own as a decode step needs
+    it. The median is the link's cost; the mean adds the waits for the other rank to be
+    scheduled, which dominate on a shared machine."""
     x = mx.ones(shape)
     op = mx.distributed.all_gather if gather else mx.distributed.all_sum
     mx.eval(op(x, group=group))
@@ -60,7 +63,7 @@ def collective_latency(group, shape: tuple[int, ...], gather: bool, repeat: int 
         t0 = time.perf_counter()
         mx.eval(op(x, group=group))
         times.append(time.perf_counter() - t0)
-    return statistics.median(times)
+    return statistics.median(times), statistics.fmean(times)
 
 
 def worker(args: argparse.Namespace) -> None:
@@ -125,28 +128,31 @@ def main() -> None:
 
 def report(name: str, args, one: dict, many: dict) -> None:
     n, layers = many["ranks"], many["layers"]
-    per_token = 1 / many["decode_tps"]
-    comm = 2 * layers * many["all_sum_hidden_s"] + many["all_gather_scores_s"]
+    step_one, step_many = 1 / one["decode_tps"], 1 / many["decode_tps"]
+    # What a step costs beyond an even share of the one-process compute: communication and waits.
+    overhead = step_many - step_one / n
     setting = f"prompt {args.prompt_tokens} tokens · {args.tokens} greedy tokens"
     print(f"{name} · {setting} · {os.cpu_count()} cores")
     print(f"{'':24}{'1 process':>12}{f'{n} ranks (TP)':>16}")
     print(f"{'prefill tok/s':24}{one['prefill_tps']:>12.1f}{many['prefill_tps']:>16.1f}")
     print(f"{'decode tok/s':24}{one['decode_tps']:>12.1f}{many['decode_tps']:>16.1f}")
+    rows = [
+        (f"all-reduce, one hidden vector ({many['hidden']} floats)", "all_sum_hidden_s",
+         f"{2 * layers} per token"),
+        (f"all-gather, the scores ({many['score_floats']} floats)", "all_gather_scores_s",
+         "1 per token"),
+        ("all-reduce, one value (rank 0's token)", "all_sum_token_s", "not needed: same key"),
+    ]  # fmt: skip
+    print(f"{'collective':48}{'median':>10}{'mean':>10}")
+    for label, key, note in rows:
+        median, mean = many[key]
+        print(f"{label:48}{median * 1e6:>8.0f}µs{mean * 1e6:>8.0f}µs  {note}")
     print(
-        f"all-reduce (median) of one hidden vector ({many['hidden']} floats): "
-        f"{many['all_sum_hidden_s'] * 1e6:.0f} µs; {2 * layers} per token"
-    )
-    print(
-        f"all-gather (median) of the scores ({many['score_floats']} floats in all): "
-        f"{many['all_gather_scores_s'] * 1e6:.0f} µs; 1 per token"
-    )
-    print(
-        f"communication per token ≈ {comm * 1e3:.1f} ms of {per_token * 1e3:.1f} ms "
-        f"({comm / per_token:.0%})"
-    )
-    print(
-        f"rank 0 deciding and broadcasting the token would add one all-reduce of one value per "
-        f"token: {many['all_sum_token_s'] * 1e6:.0f} µs; the same key on every rank adds none"
+        f"decode step: {step_many * 1e3:.1f} ms on {n} ranks vs {step_one * 1e3:.1f} ms alone; "
+        f"beyond 1/{n} of the compute each token costs {overhead * 1e3:.1f} ms "
+        f"(the collectives at their median would be "
+        f"{(2 * layers * many['all_sum_hidden_s'][0] + many['all_gather_scores_s'][0]) * 1e3:.1f}"
+        " ms)"
     )
 
 
