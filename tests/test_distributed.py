@@ -236,14 +236,16 @@ def test_eval_data_parallel_equals_one_process(tiny, tmp_path) -> None:
     questions = tmp_path / "q.jsonl"
     lines = (HERE.parent / "entropix_mlx/lab/data/questions.jsonl").read_text().splitlines()
     questions.write_text("\n".join(lines[:3]) + "\n")
-    args = lambda out: [ENTROPIX, "eval", "-q", questions, "-m", tiny["f32"], "-s",
-                        "greedy,entropix", "-n", 3, "--jsonl", out, "--plain"]  # fmt: skip
+    eval_ = [ENTROPIX, "eval", "-q", questions, "-m", tiny["f32"], "-s", "greedy,entropix"]
+    args = lambda out: [*eval_, "-n", 3, "--seeds", 2, "--jsonl", out, "--plain"]
     two, one = launch(args(tmp_path / "two.jsonl")), alone(args(tmp_path / "one.jsonl"))
     assert two.returncode == 0, two.stderr
     assert one.returncode == 0, one.stderr
     read = lambda name: [json.loads(x) for x in (tmp_path / name).read_text().splitlines()]
     a, b = read("one.jsonl"), read("two.jsonl")
-    assert len(a) == len(b) == 3 * 2 + 1
+    assert len(a) == len(b) == 3 * (1 + 2) + 1  # greedy once, entropix twice (--seeds 2)
+    for record in (*a[:-1], *b[:-1]):
+        record.pop("decode_seconds")
     assert a[:-1] == b[:-1]  # every answer, in the same order
     for row in (*a[-1]["summary"]["samplers"], *b[-1]["summary"]["samplers"]):
         row.pop("tokens_per_second")
