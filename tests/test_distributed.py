@@ -256,6 +256,17 @@ def test_eval_data_parallel_equals_one_process(tiny, tmp_path) -> None:
     ]
 
 
+def test_tune_data_parallel_writes_the_one_process_profile(tiny, tmp_path) -> None:
+    questions = tmp_path / "q.jsonl"
+    lines = (HERE.parent / "entropix_mlx/lab/data/questions.jsonl").read_text().splitlines()
+    questions.write_text("\n".join(lines[:3]) + "\n")
+    tune = [ENTROPIX, "tune", "-m", tiny["f32"], "--dev", questions, "--no-report"]
+    args = lambda out: [*tune, "--candidates", 3, "--rounds", 1, "-n", 2, "--out", out]
+    two, one = launch(args(tmp_path / "two.toml")), alone(args(tmp_path / "one.toml"))
+    assert two.returncode == 0 and one.returncode == 0, two.stderr + one.stderr
+    assert (tmp_path / "two.toml").read_text() == (tmp_path / "one.toml").read_text()
+
+
 def test_heads_that_cannot_be_split_fail_in_one_line(tiny, tmp_path) -> None:
     prompt = tmp_path / "prompt.txt"
     prompt.write_text("hi")

@@ -338,27 +338,33 @@ def _tune(out, model, dev_path, dev, heldout, budget, seeds, max_tokens, seed, b
 
     from ..lab.calibrate import render_profile_toml
     from ..lab.evaluate import Contender, answer_questions, question_scores, tally
+    from ..lab.parallel import answer_shared
     from ..lab.tune import render_header
     from ..lab.tune import tune as run_tune
     from ..ui import render as tui
     from ..ui import tables
 
     err, console = tui.console(plain, stderr=True), tui.console(plain)
-    mdl, tok, info = _load(err, model)
+    group = _group()  # under mlx.launch each evaluation splits its questions across the ranks
+    mdl, tok, info = _load(err, model, split=False)
     t0 = time.perf_counter()
 
-    def evaluate(config, questions):
-        answers = answer_questions(
+    def answer(questions, contenders, config):
+        ask = lambda share: answer_questions(
             mdl,
             tok,
-            questions,
-            ["entropix"],
+            share,
+            contenders,
             config=config,
             max_tokens=max_tokens,
             seed=seed,
             seeds=seeds,
         )
-        return question_scores(list(answers)).get("entropix", {})
+        return list(ask(questions) if group is None else answer_shared(ask, questions, group))
+
+    def evaluate(config, questions):
+        # Every rank gets every answer, so all take the same search decisions.
+        return question_scores(answer(questions, ["entropix"], config)).get("entropix", {})
 
     def on_round(r: int, pool) -> None:
         best = max(pool, key=lambda c: c.mean)
@@ -376,7 +382,8 @@ def _tune(out, model, dev_path, dev, heldout, budget, seeds, max_tokens, seed, b
         date=datetime.date.today().isoformat(),
         seeds=seeds,
     )
-    out.write_text(render_profile_toml(result.best.config, header, models=[info.name]), "utf-8")
+    if group is None or group.rank() == 0:
+        out.write_text(render_profile_toml(result.best.config, header, models=[info.name]), "utf-8")
     minutes = (time.perf_counter() - t0) / 60
     console.print(
         f"wrote {out} (dev {result.dev.points()} %, {result.answers} question "
@@ -386,17 +393,6 @@ def _tune(out, model, dev_path, dev, heldout, budget, seeds, max_tokens, seed, b
         return
     config = result.best.config
     contenders = [Contender.named("greedy"), Contender("tuned", "entropix")]
-    answers = list(
-        answer_questions(
-            mdl,
-            tok,
-            heldout,
-            contenders,
-            config=config,
-            max_tokens=max_tokens,
-            seed=seed,
-            seeds=seeds,
-        )
-    )
+    answers = answer(heldout, contenders, config)
     console.print(f"held-out ({len(heldout)} questions), the tuned profile against greedy:")
     console.print(tables.eval_table(tally(answers), bar=console.color_system is not None))
