@@ -3,8 +3,13 @@ is a module that registers on it. Imports stay inside `main`, so importing the p
 
 from __future__ import annotations
 
+import contextlib
+import io
+import os
 import sys
-from typing import TYPE_CHECKING
+import traceback
+from collections.abc import Iterator
+from typing import TYPE_CHECKING, TextIO
 
 if TYPE_CHECKING:
     import typer
@@ -20,6 +25,47 @@ def make_app() -> typer.Typer:
 
 def main() -> None:
     """Entry point: click's multi-line usage errors become one line naming the bad flag."""
+    from ..model.launch import launch_rank, launched
+
+    if launched() and launch_rank() > 0:
+        with _quiet(launch_rank()):
+            _main()
+        return
+    _main()
+
+
+@contextlib.contextmanager
+def _quiet(rank: int) -> Iterator[None]:
+    """Under mlx.launch only rank 0 shows anything: another rank's output is dropped, except the
+    one-line error it fails with (or the end of a traceback), marked with its rank."""
+    real_err = sys.stderr
+    captured = io.StringIO()
+    sys.stdout, sys.stderr = open(os.devnull, "w"), captured  # noqa: SIM115 (lives to the exit)
+    try:
+        yield
+    except SystemExit as e:
+        if e.code not in (0, None):
+            _report(real_err, rank, captured.getvalue())
+        raise
+    except BaseException:
+        traceback.print_exc(file=captured)
+        _report(real_err, rank, captured.getvalue())
+        raise SystemExit(1) from None
+
+
+def _report(err: TextIO, rank: int, text: str) -> None:
+    import time
+
+    # An error every rank hits (a bad flag, heads that cannot be split) is rank 0's to report:
+    # mlx.launch ends the other ranks as soon as one fails, so waiting a moment keeps one line.
+    time.sleep(5.0)
+    lines = [line for line in text.strip().splitlines() if line.strip()]
+    if lines:
+        err.write(f"rank {rank}: {lines[-1]}\n")
+        err.flush()
+
+
+def _main() -> None:
     import click
     import typer
 

@@ -6,6 +6,7 @@ MLX is imported inside commands only, so `entropix --help` stays fast.
 from __future__ import annotations
 
 import contextlib
+import functools
 import sys
 from pathlib import Path
 from typing import TYPE_CHECKING, Annotated, Any
@@ -152,7 +153,7 @@ def _options(
     try:  # commands call this before `_guard`, so its errors become one line here
         name = _model_file_name(model) if profile == AUTO_PROFILE else None
         config = load_profile(profile, model=name).with_overrides(pairs)
-        return decoding_options(
+        options = decoding_options(
             sampler,
             config,
             max_tokens=max_tokens,
@@ -164,6 +165,7 @@ def _options(
         )
     except (ValueError, EntropixError) as e:
         _fail(str(e))
+    return _from_rank_zero(options)  # under mlx.launch: rank 0's random seed on every rank
 
 
 def _sampler_names(text: str) -> tuple[str, ...]:
@@ -214,13 +216,19 @@ def _stream_answer(stream, events: list, out, writer) -> None:
                 writer.write(event_record(ev))
 
 
-def _load(console, model: str | None, *, quiet: bool = False) -> tuple:
-    """Load with a spinner naming the model, then (unless `quiet`) `_show_model`'s line."""
+def _load(console, model: str | None, *, quiet: bool = False, split: bool = True) -> tuple:
+    """Load with a spinner naming the model, then (unless `quiet`) `_show_model`'s line. Under
+    mlx.launch the ranks connect first, and `split` shares the model across them (tensor
+    parallelism)."""
+    from ..model.distributed import shard
     from ..model.load import load
     from ..ui import render as tui
 
+    group = _group()
     with tui.loading(console, model) as progress:
         loaded = load(model, progress=progress)
+    if group is not None and split:
+        shard(loaded[0], group)
     if not quiet:
         _show_model(console, loaded[2])
     return loaded
@@ -234,6 +242,40 @@ def _show_model(console, info) -> None:
     notice = tui.render_blas_notice(info.blas)
     if notice is not None:
         console.print(notice)
+
+
+def _from_rank_zero(value: Any) -> Any:
+    """Under mlx.launch, rank 0's `value` on every rank (options and their random seed, prompts),
+    so every rank decodes the same tokens; otherwise `value` itself."""
+    group = _group()
+    if group is None:
+        return value
+    from ..model.distributed import broadcast_object
+
+    return broadcast_object(value, group)
+
+
+def _follower() -> bool:
+    """Whether mlx.launch started this process as a rank other than 0 (which reads no input)."""
+    from ..model.launch import launch_rank, launched
+
+    return launched() and launch_rank() > 0
+
+
+@functools.cache
+def _group():
+    """The mlx.launch group, connected once per process; None when this process runs alone."""
+    from ..model.launch import launched
+
+    if not launched():
+        return None
+    from ..model.distributed import connect
+
+    try:
+        group = connect()
+    except EntropixError as e:
+        _fail(str(e))
+    return group if group.size() > 1 else None
 
 
 def _guard(fn, *args: Any) -> None:

@@ -22,6 +22,7 @@ from .app import (
     TopKOpt,
     TopPOpt,
     _fail,
+    _group,
     _guard,
     _load,
     _options,
@@ -136,8 +137,9 @@ def _chat(model, system, plain, options, saved, no_save) -> None:
         context_limit=info.context_length,
     )
     context = {"model": info.name, "model_path": str(info.path), "device": info.device}
+    group = _group()
     log = None
-    if not no_save:
+    if not no_save and (group is None or group.rank() == 0):  # one session file, rank 0's
         inside = saved is not None and saved.path.parent == store.sessions_dir()
         log = store.SessionLog(saved.path if inside else store.new_session_path(), dict(context))
     view = ChatView(
@@ -147,6 +149,8 @@ def _chat(model, system, plain, options, saved, no_save) -> None:
         path_commands=PATH_COMMANDS,
         history=store.history_file(),
     )
+    if group is not None:
+        view = _SharedInput(view, group)
     run_chat(
         session,
         view,
@@ -157,3 +161,30 @@ def _chat(model, system, plain, options, saved, no_save) -> None:
     )
     if log is not None and log.path.exists():
         console.print(tui.Text(f"kept in {log.path}", style="ui.muted"))
+
+
+class _SharedInput:
+    """Under mlx.launch: rank 0 reads each line and every rank acts on it (the others draw into
+    the void), so all ranks run the same steps. Only rank 0 writes /save's files."""
+
+    def __init__(self, view, group):
+        self.view, self.group = view, group
+
+    def prompt(self) -> str | None:
+        from ..model.distributed import broadcast_object
+
+        line: str | None | KeyboardInterrupt = None
+        if self.group.rank() == 0:
+            try:
+                line = self.view.prompt()
+            except KeyboardInterrupt as e:
+                line = e
+        line = broadcast_object(line, self.group)
+        if isinstance(line, KeyboardInterrupt):
+            raise line
+        if self.group.rank() > 0 and line is not None and line.strip().startswith("/save"):
+            return ""  # /save changes nothing the next steps depend on
+        return line
+
+    def __getattr__(self, name: str):
+        return getattr(self.view, name)

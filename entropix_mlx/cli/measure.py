@@ -15,6 +15,7 @@ from .app import (
     PlainOpt,
     ProfileOpt,
     _fail,
+    _group,
     _guard,
     _load,
     _options,
@@ -199,36 +200,47 @@ def eval_(
 def _eval(path, questions, samplers, model, options, seeds, jsonl, plain) -> None:
     import contextlib
     import dataclasses
+    import functools
 
     from ..engine.config import profile_for_model
     from ..engine.records import JsonlWriter
     from ..lab.evaluate import answer_questions, tally
+    from ..lab.parallel import answer_shared
     from ..lab.stats import LEVEL, N_BOOT
     from ..ui import render as tui
     from ..ui import tables
 
     err, out = tui.console(plain, stderr=True), tui.console(plain)
-    mdl, tok, info = _load(err, model)
+    group = _group()  # under mlx.launch each rank answers a share of the questions
+    mdl, tok, info = _load(err, model, split=False)
     config, max_tokens, seed = options.config, options.max_tokens, options.seed
     labels = ", ".join(c.label for c in samplers)
     err.print(tui.render_profile(labels, config, profile_for_model(info.name)))
+    answer = functools.partial(
+        answer_questions,
+        mdl,
+        tok,
+        samplers=samplers,
+        config=config,
+        max_tokens=max_tokens,
+        seed=seed,
+        seeds=seeds,
+    )
+    show = lambda a: err.print(tables.answer_line(a), no_wrap=True, overflow="ellipsis")
+    if group is None:
+        stream = answer(questions)
+    else:  # rank 0 shows its own answers as they come, then writes everyone's in order
+        stream = iter(answer_shared(answer, questions, group, on_answer=show))
+        jsonl = jsonl if group.rank() == 0 else None
     answers = []
     with JsonlWriter(jsonl) if jsonl else contextlib.nullcontext() as writer:
         # `sample` draws with the config's base parameters: `options.params`, as in every command.
-        for answer in answer_questions(
-            mdl,
-            tok,
-            questions,
-            samplers,
-            config=config,
-            max_tokens=max_tokens,
-            seed=seed,
-            seeds=seeds,
-        ):
-            answers.append(answer)
-            err.print(tables.answer_line(answer), no_wrap=True, overflow="ellipsis")
+        for a in stream:
+            answers.append(a)
+            if group is None:
+                show(a)
             if writer:
-                writer.write(answer.record())
+                writer.write(a.record())
         rows = tally(answers)
         if writer:
             writer.write(
@@ -326,27 +338,33 @@ def _tune(out, model, dev_path, dev, heldout, budget, seeds, max_tokens, seed, b
 
     from ..lab.calibrate import render_profile_toml
     from ..lab.evaluate import Contender, answer_questions, question_scores, tally
+    from ..lab.parallel import answer_shared
     from ..lab.tune import render_header
     from ..lab.tune import tune as run_tune
     from ..ui import render as tui
     from ..ui import tables
 
     err, console = tui.console(plain, stderr=True), tui.console(plain)
-    mdl, tok, info = _load(err, model)
+    group = _group()  # under mlx.launch each evaluation splits its questions across the ranks
+    mdl, tok, info = _load(err, model, split=False)
     t0 = time.perf_counter()
 
-    def evaluate(config, questions):
-        answers = answer_questions(
+    def answer(questions, contenders, config):
+        ask = lambda share: answer_questions(
             mdl,
             tok,
-            questions,
-            ["entropix"],
+            share,
+            contenders,
             config=config,
             max_tokens=max_tokens,
             seed=seed,
             seeds=seeds,
         )
-        return question_scores(list(answers)).get("entropix", {})
+        return list(ask(questions) if group is None else answer_shared(ask, questions, group))
+
+    def evaluate(config, questions):
+        # Every rank gets every answer, so all take the same search decisions.
+        return question_scores(answer(questions, ["entropix"], config)).get("entropix", {})
 
     def on_round(r: int, pool) -> None:
         best = max(pool, key=lambda c: c.mean)
@@ -364,7 +382,8 @@ def _tune(out, model, dev_path, dev, heldout, budget, seeds, max_tokens, seed, b
         date=datetime.date.today().isoformat(),
         seeds=seeds,
     )
-    out.write_text(render_profile_toml(result.best.config, header, models=[info.name]), "utf-8")
+    if group is None or group.rank() == 0:
+        out.write_text(render_profile_toml(result.best.config, header, models=[info.name]), "utf-8")
     minutes = (time.perf_counter() - t0) / 60
     console.print(
         f"wrote {out} (dev {result.dev.points()} %, {result.answers} question "
@@ -374,17 +393,6 @@ def _tune(out, model, dev_path, dev, heldout, budget, seeds, max_tokens, seed, b
         return
     config = result.best.config
     contenders = [Contender.named("greedy"), Contender("tuned", "entropix")]
-    answers = list(
-        answer_questions(
-            mdl,
-            tok,
-            heldout,
-            contenders,
-            config=config,
-            max_tokens=max_tokens,
-            seed=seed,
-            seeds=seeds,
-        )
-    )
+    answers = answer(heldout, contenders, config)
     console.print(f"held-out ({len(heldout)} questions), the tuned profile against greedy:")
     console.print(tables.eval_table(tally(answers), bar=console.color_system is not None))

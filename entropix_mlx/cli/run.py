@@ -23,6 +23,8 @@ from .app import (
     TopKOpt,
     TopPOpt,
     _fail,
+    _follower,
+    _from_rank_zero,
     _guard,
     _load,
     _options,
@@ -78,7 +80,7 @@ def run(
     ] = False,
 ) -> None:
     """Generate an answer for each prompt in a file, each token coloured by its quadrant."""
-    prompts = _read_prompts(prompt_file, system)
+    prompts = None if _follower() else _read_prompts(prompt_file, system)  # rank 0 sends them
     options = _options(
         sampler,
         max_tokens=max_tokens,
@@ -134,6 +136,8 @@ def _run(path, prompts, model, raw, jsonl, plain, as_json, options, plot=False) 
 
     err, out = tui.console(plain, stderr=True), tui.console(plain)
     mdl, tok, info = _load(err, model, quiet=True)
+    prompts = _from_rank_zero(prompts)  # under mlx.launch: rank 0 read them
+    jsonl = None if _follower() else jsonl
     prompt_ids = [_prompt_ids(tok, item["prompt"], item["system"], raw) for item in prompts]
     _check_fits(path, prompt_ids, mdl.args.max_position_embeddings)  # before anything is printed
     _show_model(err, info)

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import inspect
 import math
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any, NamedTuple
 
@@ -210,6 +211,8 @@ class Model(nn.Module):
         self.model = LlamaModel(args, self.ops)
         if not args.tie_word_embeddings:
             self.lm_head = nn.Linear(args.hidden_size, args.vocab_size, bias=False)
+        # Tensor parallelism (`distributed.shard`): this rank's heads' scores → all heads'.
+        self.gather_scores: Callable[[mx.array], mx.array] | None = None
 
     def use_ops(self, ops: FusedOps) -> None:
         """Run every layer with `ops` from now on (the weights are untouched)."""
@@ -243,7 +246,10 @@ class Model(nn.Module):
             logits = self.model.embed_tokens.as_linear(h)
         else:
             logits = self.lm_head(h)
-        return ModelOutput(logits, mx.stack(rows, axis=1))  # scores (B, layers, H, T)
+        scores = mx.stack(rows, axis=1)  # (B, layers, H, T)
+        if self.gather_scores is not None:
+            scores = self.gather_scores(scores)
+        return ModelOutput(logits, scores)
 
     def make_cache(self) -> list[KVCache]:
         return [KVCache() for _ in self.model.layers]
