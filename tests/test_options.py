@@ -215,6 +215,7 @@ def test_eval_passes_its_options_down(monkeypatch, capsys, tiny_path: Path, tmp_
     code, _, err = run_main(monkeypatch, capsys, args)
     assert code == 0, err
     (call,) = answer.calls
+    assert [c.sampler for c in call.pop("samplers")] == ["sample", "greedy"]
     assert call == {"config": REFERENCE, "max_tokens": 5, "seed": 0, "seeds": 1}
     # No params: `sample` is built from the config, so it draws with BASE as in every command.
     assert make_sampler("sample", call["config"]).params == BASE
