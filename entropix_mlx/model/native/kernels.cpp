@@ -1,0 +1,455 @@
+// Kernels for the layout described in kernels.h: AVX2/FMA on x86-64 (chosen at run time, so the
+// library runs on any x86-64), a portable scalar version of the same arithmetic elsewhere, and a
+// small spinning thread pool (a decode step makes ~120 calls of 20-100 µs each: waking a
+// sleeping thread per call would cost as much as the work).
+#include "kernels.h"
+
+#include <algorithm>
+#include <atomic>
+#include <chrono>
+#include <cmath>
+#include <cstdlib>
+#include <cstring>
+#include <memory>
+#include <mutex>
+#include <thread>
+#include <vector>
+
+#if defined(__x86_64__) || defined(_M_X64)
+#include <immintrin.h>
+#define ENTROPIX_X86 1
+#define ENTROPIX_AVX2 __attribute__((target("avx2,fma,f16c")))
+#endif
+
+namespace entropix {
+namespace {
+
+int32_t load_i32(const int8_t* p) {
+  int32_t v;
+  std::memcpy(&v, p, 4);
+  return v;
+}
+
+float half_to_float(uint16_t h) {
+  const uint32_t sign = static_cast<uint32_t>(h & 0x8000) << 16;
+  const uint32_t exp = (h >> 10) & 0x1f;
+  const uint32_t man = h & 0x3ff;
+  uint32_t bits;
+  if (exp == 0x1f) {
+    bits = sign | 0x7f800000 | (man << 13);  // inf, nan
+  } else if (exp != 0) {
+    bits = sign | ((exp + 112) << 23) | (man << 13);
+  } else if (man == 0) {
+    bits = sign;
+  } else {  // subnormal: value = man * 2^-24
+    float f = static_cast<float>(man) * 5.9604644775390625e-8f;
+    return sign ? -f : f;
+  }
+  float f;
+  std::memcpy(&f, &bits, 4);
+  return f;
+}
+
+uint16_t load_u16(const uint8_t* p) {
+  uint16_t v;
+  std::memcpy(&v, p, 2);
+  return v;
+}
+
+// ---------------------------------------------------------------------------------- scalar
+
+// The 32 quantized values of row r of one (tile, block) record.
+void unpack_row(const uint8_t* rec, int bits, int r, int* q) {
+  for (int j = 0; j < (bits == 4 ? 4 : 8); ++j) {
+    for (int i = 0; i < 4; ++i) {
+      const uint8_t byte = rec[j * 32 + r * 4 + i];
+      if (bits == 4) {
+        q[4 * j + i] = byte & 0x0f;
+        q[16 + 4 * j + i] = byte >> 4;
+      } else {
+        q[4 * j + i] = byte;
+      }
+    }
+  }
+}
+
+void tile_scalar(const uint8_t* rec, int64_t nb, int bits, const QuantRows& x, int64_t m0, int mr,
+                 float* out) {
+  float acc[4][kTileRows] = {};
+  const int qb = qs_bytes(bits);
+  for (int64_t b = 0; b < nb; ++b, rec += record_bytes(bits)) {
+    for (int r = 0; r < kTileRows; ++r) {
+      int q[kBlock];
+      unpack_row(rec, bits, r, q);
+      const float d = half_to_float(load_u16(rec + qb + 2 * r));
+      const float m = half_to_float(load_u16(rec + qb + 2 * kTileRows + 2 * r));
+      for (int i = 0; i < mr; ++i) {
+        const int8_t* xq = x.q + (m0 + i) * x.k + b * kBlock;
+        const int64_t xb = (m0 + i) * nb + b;
+        int32_t dot = 0;
+        for (int c = 0; c < kBlock; ++c) dot += q[c] * xq[c];
+        acc[i][r] = std::fma(static_cast<float>(dot), d * x.d[xb], acc[i][r]);
+        acc[i][r] = std::fma(m, x.sum[xb], acc[i][r]);
+      }
+    }
+  }
+  for (int i = 0; i < mr; ++i) std::memcpy(out + i * kTileRows, acc[i], sizeof(acc[i]));
+}
+
+void quantize_row_scalar(const float* v, int64_t k, int8_t* q, float* d, float* sum,
+                         int32_t* qsum) {
+  for (int64_t b = 0; b < k / kBlock; ++b) {
+    const float* vb = v + b * kBlock;
+    float amax = 0.0f;
+    for (int c = 0; c < kBlock; ++c) amax = std::max(amax, std::fabs(vb[c]));
+    const float scale = amax / 127.0f;
+    const float inv = amax > 0.0f ? 127.0f / amax : 0.0f;
+    int32_t qs = 0;
+    for (int c = 0; c < kBlock; ++c) {
+      const int qi = static_cast<int>(std::nearbyint(vb[c] * inv));
+      q[b * kBlock + c] = static_cast<int8_t>(qi);
+      qs += qi;
+    }
+    d[b] = scale;
+    sum[b] = scale * static_cast<float>(qs);
+    qsum[b] = qs;
+  }
+}
+
+// ---------------------------------------------------------------------------------- AVX2
+
+#ifdef ENTROPIX_X86
+
+// 4-bit: per (tile, block) 4 loads give, per register j, bytes 4j..4j+3 (low nibbles) and
+// 16+4j..16+4j+3 (high nibbles) of all 8 rows. Each maddubs pairs them with 4 broadcast
+// activation bytes; the 8 partial sums per row stay in int16 (|sum| ≤ 8 · 2 · 15 · 127 < 2^15).
+template <int MR>
+ENTROPIX_AVX2 void tile_q4_avx2(const uint8_t* rec, int64_t nb, const QuantRows& x, int64_t m0,
+                                float* out) {
+  const __m256i low = _mm256_set1_epi8(0x0f);
+  const __m256i ones = _mm256_set1_epi16(1);
+  __m256 acc[MR];
+  for (int i = 0; i < MR; ++i) acc[i] = _mm256_setzero_ps();
+  for (int64_t b = 0; b < nb; ++b, rec += 160) {
+    _mm_prefetch(reinterpret_cast<const char*>(rec + 640), _MM_HINT_T0);
+    __m256i s16[MR];
+    for (int i = 0; i < MR; ++i) s16[i] = _mm256_setzero_si256();
+    for (int j = 0; j < 4; ++j) {
+      const __m256i raw = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(rec + 32 * j));
+      const __m256i lo = _mm256_and_si256(raw, low);
+      const __m256i hi = _mm256_and_si256(_mm256_srli_epi16(raw, 4), low);
+      for (int i = 0; i < MR; ++i) {
+        const int8_t* xq = x.q + (m0 + i) * x.k + b * kBlock;
+        const __m256i xl = _mm256_set1_epi32(load_i32(xq + 4 * j));
+        const __m256i xh = _mm256_set1_epi32(load_i32(xq + 16 + 4 * j));
+        s16[i] = _mm256_add_epi16(s16[i], _mm256_add_epi16(_mm256_maddubs_epi16(lo, xl),
+                                                           _mm256_maddubs_epi16(hi, xh)));
+      }
+    }
+    const __m256 d = _mm256_cvtph_ps(_mm_loadu_si128(reinterpret_cast<const __m128i*>(rec + 128)));
+    const __m256 m = _mm256_cvtph_ps(_mm_loadu_si128(reinterpret_cast<const __m128i*>(rec + 144)));
+    for (int i = 0; i < MR; ++i) {
+      const int64_t xb = (m0 + i) * nb + b;
+      const __m256 dot = _mm256_cvtepi32_ps(_mm256_madd_epi16(s16[i], ones));
+      acc[i] = _mm256_fmadd_ps(dot, _mm256_mul_ps(d, _mm256_set1_ps(x.d[xb])), acc[i]);
+      acc[i] = _mm256_fmadd_ps(m, _mm256_set1_ps(x.sum[xb]), acc[i]);
+    }
+  }
+  for (int i = 0; i < MR; ++i) _mm256_storeu_ps(out + kTileRows * i, acc[i]);
+}
+
+// 8-bit: maddubs needs one unsigned operand and |pair sum| < 2^15, so the weights go in as
+// w = q - 128 (|w| ≤ 128) with the sign moved onto the activations; 128 · Σx is added back.
+template <int MR>
+ENTROPIX_AVX2 void tile_q8_avx2(const uint8_t* rec, int64_t nb, const QuantRows& x, int64_t m0,
+                                float* out) {
+  const __m256i flip = _mm256_set1_epi8(static_cast<char>(0x80));
+  const __m256i ones = _mm256_set1_epi16(1);
+  __m256 acc[MR];
+  for (int i = 0; i < MR; ++i) acc[i] = _mm256_setzero_ps();
+  for (int64_t b = 0; b < nb; ++b, rec += 288) {
+    _mm_prefetch(reinterpret_cast<const char*>(rec + 1152), _MM_HINT_T0);
+    __m256i s32[MR];
+    for (int i = 0; i < MR; ++i) s32[i] = _mm256_setzero_si256();
+    for (int j = 0; j < 8; ++j) {
+      const __m256i w = _mm256_xor_si256(
+          _mm256_loadu_si256(reinterpret_cast<const __m256i*>(rec + 32 * j)), flip);
+      const __m256i aw = _mm256_abs_epi8(w);
+      for (int i = 0; i < MR; ++i) {
+        const int8_t* xq = x.q + (m0 + i) * x.k + b * kBlock;
+        const __m256i xs = _mm256_sign_epi8(_mm256_set1_epi32(load_i32(xq + 4 * j)), w);
+        s32[i] = _mm256_add_epi32(s32[i], _mm256_madd_epi16(_mm256_maddubs_epi16(aw, xs), ones));
+      }
+    }
+    const __m256 d = _mm256_cvtph_ps(_mm_loadu_si128(reinterpret_cast<const __m128i*>(rec + 256)));
+    const __m256 m = _mm256_cvtph_ps(_mm_loadu_si128(reinterpret_cast<const __m128i*>(rec + 272)));
+    for (int i = 0; i < MR; ++i) {
+      const int64_t xb = (m0 + i) * nb + b;
+      const __m256i full = _mm256_add_epi32(s32[i], _mm256_set1_epi32(128 * x.qsum[xb]));
+      acc[i] = _mm256_fmadd_ps(_mm256_cvtepi32_ps(full), _mm256_mul_ps(d, _mm256_set1_ps(x.d[xb])),
+                               acc[i]);
+      acc[i] = _mm256_fmadd_ps(m, _mm256_set1_ps(x.sum[xb]), acc[i]);
+    }
+  }
+  for (int i = 0; i < MR; ++i) _mm256_storeu_ps(out + kTileRows * i, acc[i]);
+}
+
+ENTROPIX_AVX2 float hmax(__m256 v) {
+  __m128 m = _mm_max_ps(_mm256_castps256_ps128(v), _mm256_extractf128_ps(v, 1));
+  m = _mm_max_ps(m, _mm_movehl_ps(m, m));
+  m = _mm_max_ss(m, _mm_shuffle_ps(m, m, 1));
+  return _mm_cvtss_f32(m);
+}
+
+ENTROPIX_AVX2 int32_t hsum_i32(__m256i v) {
+  __m128i s = _mm_add_epi32(_mm256_castsi256_si128(v), _mm256_extracti128_si256(v, 1));
+  s = _mm_add_epi32(s, _mm_shuffle_epi32(s, 0x4e));
+  s = _mm_add_epi32(s, _mm_shuffle_epi32(s, 0xb1));
+  return _mm_cvtsi128_si32(s);
+}
+
+// Same numbers as quantize_row_scalar (round to nearest even in both).
+ENTROPIX_AVX2 void quantize_row_avx2(const float* v, int64_t k, int8_t* q, float* d, float* sum,
+                                     int32_t* qsum) {
+  const __m256 sign = _mm256_set1_ps(-0.0f);
+  for (int64_t b = 0; b < k / kBlock; ++b) {
+    const float* vb = v + b * kBlock;
+    __m256 x[4];
+    __m256 amax = _mm256_setzero_ps();
+    for (int i = 0; i < 4; ++i) {
+      x[i] = _mm256_loadu_ps(vb + 8 * i);
+      amax = _mm256_max_ps(amax, _mm256_andnot_ps(sign, x[i]));
+    }
+    const float mx = hmax(amax);
+    const __m256 inv = _mm256_set1_ps(mx > 0.0f ? 127.0f / mx : 0.0f);
+    __m256i qi[4];
+    for (int i = 0; i < 4; ++i) qi[i] = _mm256_cvtps_epi32(_mm256_mul_ps(x[i], inv));
+    const __m256i qs = _mm256_add_epi32(_mm256_add_epi32(qi[0], qi[1]),
+                                        _mm256_add_epi32(qi[2], qi[3]));
+    // int32 → int8, undoing the lane interleave of the two packs.
+    const __m256i p16a = _mm256_packs_epi32(qi[0], qi[1]);
+    const __m256i p16b = _mm256_packs_epi32(qi[2], qi[3]);
+    __m256i p8 = _mm256_packs_epi16(p16a, p16b);
+    p8 = _mm256_permutevar8x32_epi32(p8, _mm256_setr_epi32(0, 4, 1, 5, 2, 6, 3, 7));
+    _mm256_storeu_si256(reinterpret_cast<__m256i*>(q + b * kBlock), p8);
+    d[b] = mx / 127.0f;
+    qsum[b] = hsum_i32(qs);
+    sum[b] = d[b] * static_cast<float>(qsum[b]);
+  }
+}
+
+bool has_avx2() {
+  static const bool yes = __builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma") &&
+                          __builtin_cpu_supports("f16c");
+  return yes;
+}
+#else
+bool has_avx2() { return false; }
+#endif
+
+std::atomic<bool> force_scalar{false};
+
+bool use_avx2() { return has_avx2() && !force_scalar.load(std::memory_order_relaxed); }
+
+// ---------------------------------------------------------------------------------- threads
+
+void pause() {
+#ifdef ENTROPIX_X86
+  _mm_pause();
+#else
+  std::this_thread::yield();
+#endif
+}
+
+int env_int(const char* name, int fallback) {
+  const char* v = std::getenv(name);
+  return v && *v ? std::atoi(v) : fallback;
+}
+
+// Workers spin for a while after each job (ENTROPIX_QMV_SPIN_US, default 200 µs), then sleep on
+// a futex until the next one. The job counter packs (job id << 32 | next index), so a worker
+// that wakes late can never take an index of a job that is over.
+class Pool {
+ public:
+  explicit Pool(int threads) : spin_us_(env_int("ENTROPIX_QMV_SPIN_US", 200)) {
+    for (int i = 1; i < threads; ++i) workers_.emplace_back([this] { loop(); });
+  }
+
+  ~Pool() {
+    stop_.store(true);
+    epoch_.fetch_add(1);
+    epoch_.notify_all();
+    for (auto& t : workers_) t.join();
+  }
+
+  int size() const { return static_cast<int>(workers_.size()) + 1; }
+
+  void run(int64_t n, void (*f)(void*, int64_t), void* ctx) {
+    std::lock_guard<std::mutex> lock(run_mutex_);  // one job at a time (several MLX CPU streams)
+    if (workers_.empty() || n <= 1) {
+      for (int64_t i = 0; i < n; ++i) f(ctx, i);
+      return;
+    }
+    fn_.store(f, std::memory_order_relaxed);
+    ctx_.store(ctx, std::memory_order_relaxed);
+    n_.store(n, std::memory_order_relaxed);
+    done_.store(0, std::memory_order_relaxed);
+    const uint64_t job = (state_.load(std::memory_order_relaxed) >> 32) + 1;
+    state_.store(job << 32, std::memory_order_seq_cst);
+    epoch_.fetch_add(1, std::memory_order_seq_cst);
+    if (sleepers_.load(std::memory_order_seq_cst) > 0) epoch_.notify_all();
+    work(job);
+    while (done_.load(std::memory_order_acquire) < n) pause();
+  }
+
+ private:
+  // Take indices of `job` until none are left.
+  void work(uint64_t job) {
+    auto f = fn_.load(std::memory_order_relaxed);
+    void* ctx = ctx_.load(std::memory_order_relaxed);
+    const int64_t n = n_.load(std::memory_order_relaxed);
+    uint64_t s = state_.load(std::memory_order_acquire);
+    while ((s >> 32) == job && static_cast<int64_t>(s & 0xffffffffu) < n) {
+      if (state_.compare_exchange_weak(s, s + 1, std::memory_order_acq_rel)) {
+        f(ctx, static_cast<int64_t>(s & 0xffffffffu));
+        done_.fetch_add(1, std::memory_order_release);
+        s = state_.load(std::memory_order_acquire);
+      }
+    }
+  }
+
+  void loop() {
+    uint32_t seen = epoch_.load();
+    while (true) {
+      auto start = std::chrono::steady_clock::now();
+      int spins = 0;
+      while (epoch_.load(std::memory_order_acquire) == seen) {
+        pause();
+        if (++spins % 64 == 0 &&
+            std::chrono::steady_clock::now() - start > std::chrono::microseconds(spin_us_)) {
+          sleepers_.fetch_add(1, std::memory_order_seq_cst);
+          if (epoch_.load(std::memory_order_seq_cst) == seen) epoch_.wait(seen);
+          sleepers_.fetch_sub(1, std::memory_order_seq_cst);
+        }
+      }
+      seen = epoch_.load(std::memory_order_acquire);
+      if (stop_.load()) return;
+      work(state_.load(std::memory_order_acquire) >> 32);
+    }
+  }
+
+  const int spin_us_;
+  std::mutex run_mutex_;
+  std::vector<std::thread> workers_;
+  std::atomic<uint64_t> state_{0};
+  std::atomic<uint32_t> epoch_{0};
+  std::atomic<int> sleepers_{0};
+  std::atomic<int64_t> done_{0};
+  std::atomic<int64_t> n_{0};
+  std::atomic<void (*)(void*, int64_t)> fn_{nullptr};
+  std::atomic<void*> ctx_{nullptr};
+  std::atomic<bool> stop_{false};
+};
+
+std::mutex pool_mutex;
+std::unique_ptr<Pool> pool;
+int requested_threads = -1;  // -1: not set yet (ENTROPIX_QMV_THREADS, else the machine's cores)
+
+Pool& get_pool() {
+  std::lock_guard<std::mutex> lock(pool_mutex);
+  if (!pool) {
+    int n = requested_threads >= 0 ? requested_threads : env_int("ENTROPIX_QMV_THREADS", 0);
+    if (n <= 0) n = static_cast<int>(std::max(1u, std::thread::hardware_concurrency()));
+    pool = std::make_unique<Pool>(n);
+  }
+  return *pool;
+}
+
+}  // namespace
+
+// ---------------------------------------------------------------------------------- public
+
+void quantize_rows(const float* x, int64_t m, int64_t k, int64_t row_stride, int64_t col_stride,
+                   const float* norm_weight, float eps, QuantRows out) {
+  std::vector<float> buf;
+  const int64_t nb = k / kBlock;
+  for (int64_t i = 0; i < m; ++i) {
+    const float* row = x + i * row_stride;
+    if (col_stride != 1 || norm_weight != nullptr) {
+      buf.resize(k);
+      for (int64_t c = 0; c < k; ++c) buf[c] = row[c * col_stride];
+      if (norm_weight != nullptr) {
+        float ss = 0.0f;
+        for (int64_t c = 0; c < k; ++c) ss += buf[c] * buf[c];
+        const float r = 1.0f / std::sqrt(ss / static_cast<float>(k) + eps);
+        for (int64_t c = 0; c < k; ++c) buf[c] = buf[c] * r * norm_weight[c];
+      }
+      row = buf.data();
+    }
+    int8_t* q = out.q + i * k;
+    float *d = out.d + i * nb, *sum = out.sum + i * nb;
+    int32_t* qsum = out.qsum + i * nb;
+#ifdef ENTROPIX_X86
+    if (use_avx2()) {
+      quantize_row_avx2(row, k, q, d, sum, qsum);
+      continue;
+    }
+#endif
+    quantize_row_scalar(row, k, q, d, sum, qsum);
+  }
+}
+
+void tile_dot(const uint8_t* packed, int64_t tile, int64_t k, int bits, const QuantRows& x,
+              int64_t m0, int mr, float* out) {
+  const int64_t nb = k / kBlock;
+  const uint8_t* rec = packed + tile * nb * record_bytes(bits);
+#ifdef ENTROPIX_X86
+  if (use_avx2()) {
+    if (bits == 4) {
+      switch (mr) {
+        case 1: return tile_q4_avx2<1>(rec, nb, x, m0, out);
+        case 2: return tile_q4_avx2<2>(rec, nb, x, m0, out);
+        case 3: return tile_q4_avx2<3>(rec, nb, x, m0, out);
+        default: return tile_q4_avx2<4>(rec, nb, x, m0, out);
+      }
+    }
+    switch (mr) {
+      case 1: return tile_q8_avx2<1>(rec, nb, x, m0, out);
+      case 2: return tile_q8_avx2<2>(rec, nb, x, m0, out);
+      case 3: return tile_q8_avx2<3>(rec, nb, x, m0, out);
+      default: return tile_q8_avx2<4>(rec, nb, x, m0, out);
+    }
+  }
+#endif
+  tile_scalar(rec, nb, bits, x, m0, mr, out);
+}
+
+const char* kernel_name() { return use_avx2() ? "avx2" : "scalar"; }
+
+void set_force_scalar(bool on) { force_scalar.store(on); }
+
+void parallel_for(int64_t n, void (*f)(void*, int64_t), void* ctx) { get_pool().run(n, f, ctx); }
+
+int num_threads() { return get_pool().size(); }
+
+void set_num_threads(int n) {
+  std::lock_guard<std::mutex> lock(pool_mutex);
+  requested_threads = n;
+  pool.reset();
+}
+
+void dequantize_row(const uint8_t* packed, int64_t row, int64_t k, int bits, float* out) {
+  const int64_t nb = k / kBlock;
+  const int r = static_cast<int>(row % kTileRows);
+  const int qb = qs_bytes(bits);
+  const uint8_t* rec = packed + (row / kTileRows) * nb * record_bytes(bits);
+  for (int64_t b = 0; b < nb; ++b, rec += record_bytes(bits)) {
+    int q[kBlock];
+    unpack_row(rec, bits, r, q);
+    const float d = half_to_float(load_u16(rec + qb + 2 * r));
+    const float m = half_to_float(load_u16(rec + qb + 2 * kTileRows + 2 * r));
+    for (int c = 0; c < kBlock; ++c) out[b * kBlock + c] = d * static_cast<float>(q[c]) + m;
+  }
+}
+
+}  // namespace entropix
