@@ -1,0 +1,240 @@
+"""The quantized CPU kernels (`_qmv`, model/quant.py) against float64 NumPy.
+
+The kernels quantize activations to int8 per 32 values, x ≈ d·q, and then compute W·(d·q) with W
+exactly as stored: so every product is checked twice, tightly against float64 W·(d·q) (the
+layout, the integer arithmetic, the fusions) and loosely against float64 W·x (what int8
+activations cost, the figure the model's accuracy depends on).
+"""
+
+from __future__ import annotations
+
+import mlx.core as mx
+import numpy as np
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from entropix_mlx.model import quant
+
+pytestmark = pytest.mark.skipif(quant.native() is None, reason=str(quant.native_error()))
+
+# float32 accumulation over ≤ 1536 terms: relative to the size of the terms, not of the result.
+EXACT_RTOL = 2e-5
+# What int8 activations cost on Gaussian data, relative to ‖x‖·‖w‖ per output: measured max
+# 4.8e-4 (4-bit) and 5.4e-4 (8-bit), median 1e-4, over 512 x 8 outputs; the bound is 2x the max.
+QUANT_REL = 1e-3
+
+
+@pytest.fixture(autouse=True)
+def _cpu():
+    with mx.stream(mx.cpu):
+        yield
+
+
+@pytest.fixture(params=[False, True], ids=["simd", "scalar"])
+def kernel(request):
+    """Both kernels: the AVX2 one (where the CPU has it) and the portable scalar one."""
+    ext = quant.native()
+    ext.set_force_scalar(request.param)
+    yield ext.kernel_name()
+    ext.set_force_scalar(False)
+
+
+def make_weight(rng, rows, cols, bits, group_size):
+    """An MLX-quantized matrix (float16 scales and biases, as checkpoints have) and its exact
+    float64 values."""
+    w = mx.array((rng.standard_normal((rows, cols)) * 0.1).astype(np.float16))
+    triple = mx.quantize(w, group_size=group_size, bits=bits)
+    q = quant._unpack_values(np.array(triple[0]), bits).astype(np.float64)
+    scales = np.repeat(np.array(triple[1], dtype=np.float64), group_size, axis=1)
+    biases = np.repeat(np.array(triple[2], dtype=np.float64), group_size, axis=1)
+    return triple, q * scales + biases
+
+
+def quantize_x(x):
+    """float64 model of the kernels' activation quantization: per 32 values, round-half-even."""
+    xb = x.reshape(*x.shape[:-1], -1, 32)
+    amax = np.abs(xb).max(axis=-1, keepdims=True).astype(np.float32)
+    inv = np.where(amax > 0, np.float32(127) / np.where(amax > 0, amax, 1), 0).astype(np.float32)
+    q = np.rint((xb.astype(np.float32) * inv)).astype(np.float64)
+    return (q * (amax / np.float32(127)).astype(np.float64)).reshape(x.shape)
+
+
+def check_exact(got, x, w):
+    """got ≈ quantize(x) @ wᵀ to float32 accumulation accuracy."""
+    xq = quantize_x(x)
+    want = xq @ w.T
+    scale = np.abs(xq) @ np.abs(w).T + 1e-30
+    np.testing.assert_array_less(np.abs(np.asarray(got, np.float64) - want), EXACT_RTOL * scale)
+
+
+@pytest.mark.parametrize("bits", [4, 8])
+@pytest.mark.parametrize("group_size", [32, 64, 128])
+@pytest.mark.parametrize("rows", [1, 4, 5, 8, 9])
+def test_matmul_matches_float64(kernel, bits, group_size, rows):
+    rng = np.random.default_rng(bits * 1000 + group_size + rows)
+    triple, w = make_weight(rng, 77, 256, bits, group_size)  # 77: a partial last tile
+    x = rng.standard_normal((rows, 256)).astype(np.float32)
+    got = quant.qmatmul(mx.array(x), quant.pack([triple], group_size, bits))
+    assert got.shape == (rows, 77) and got.dtype == mx.float32
+    check_exact(got, x.astype(np.float64), w)
+
+
+@pytest.mark.parametrize("bits", [4, 8])
+def test_int8_activation_error_is_small(bits):
+    """Against the unquantized x: the error int8 activations add, per output, relative to
+    ‖x‖·‖w_row‖ (the scale of a dot product's terms)."""
+    rng = np.random.default_rng(bits)
+    triple, w = make_weight(rng, 512, 1536, bits, 32)
+    x = rng.standard_normal((8, 1536))
+    got = np.array(quant.qmatmul(mx.array(x.astype(np.float32)), quant.pack([triple], 32, bits)))
+    err = np.abs(got - x @ w.T) / np.outer(np.linalg.norm(x, axis=1), np.linalg.norm(w, axis=1))
+    assert err.max() < QUANT_REL
+
+
+def test_simd_and_scalar_agree():
+    ext = quant.native()
+    rng = np.random.default_rng(7)
+    for bits in (4, 8):
+        triple, _ = make_weight(rng, 40, 160, bits, 32)
+        packed = quant.pack([triple], 32, bits)
+        x = mx.array(rng.standard_normal((6, 160)).astype(np.float32))
+        a = np.array(quant.qmatmul(x, packed))
+        ext.set_force_scalar(True)
+        try:
+            b = np.array(quant.qmatmul(x, packed))
+        finally:
+            ext.set_force_scalar(False)
+        np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-6)
+
+
+def test_leading_axes_and_strided_inputs(kernel):
+    rng = np.random.default_rng(3)
+    triple, w = make_weight(rng, 24, 64, 4, 32)
+    packed = quant.pack([triple], 32, 4)
+    x = rng.standard_normal((2, 3, 64)).astype(np.float32)
+    got = quant.qmatmul(mx.array(x), packed)
+    assert got.shape == (2, 3, 24)
+    check_exact(np.array(got).reshape(6, 24), x.reshape(6, 64).astype(np.float64), w)
+    # A transposed view (columns 64 apart) and a broadcast one (row stride 0).
+    xt = rng.standard_normal((64, 5)).astype(np.float32)
+    check_exact(quant.qmatmul(mx.array(xt).T, packed), xt.T.astype(np.float64), w)
+    row = rng.standard_normal((1, 64)).astype(np.float32)
+    got = np.array(quant.qmatmul(mx.broadcast_to(mx.array(row), (3, 64)), packed))
+    check_exact(got, np.repeat(row, 3, axis=0).astype(np.float64), w)
+
+
+def test_fused_norm_and_residual(kernel):
+    rng = np.random.default_rng(4)
+    triple, w = make_weight(rng, 40, 96, 4, 32)
+    packed = quant.pack([triple], 32, 4)
+    x = rng.standard_normal((3, 96)).astype(np.float32) * 3
+    g = rng.uniform(0.5, 1.5, 96).astype(np.float32)
+    res = rng.standard_normal((3, 40)).astype(np.float32)
+    got = quant.qmatmul(mx.array(x), packed, norm=mx.array(g), eps=1e-5, residual=mx.array(res))
+    x64 = x.astype(np.float64)
+    normed = x64 / np.sqrt(np.mean(x64**2, axis=-1, keepdims=True) + 1e-5) * g
+    check_exact(np.array(got) - res, normed, w)
+
+
+def test_glu(kernel):
+    rng = np.random.default_rng(5)
+    gate, wg = make_weight(rng, 48, 64, 4, 32)
+    up, wu = make_weight(rng, 48, 64, 4, 32)
+    x = rng.standard_normal((2, 64))
+    got = np.array(quant.qmatmul(mx.array(x.astype(np.float32)), quant.pack_glu(gate, up, 32, 4)))
+    xq = quantize_x(x)
+    a, b = xq @ wg.T, xq @ wu.T
+    np.testing.assert_allclose(got, a / (1 + np.exp(-a)) * b, rtol=1e-4, atol=1e-5)
+
+
+def test_split_outputs(kernel):
+    rng = np.random.default_rng(6)
+    parts = [make_weight(rng, rows, 64, 4, 32) for rows in (20, 12, 12)]
+    packed = quant.pack([t for t, _ in parts], 32, 4)
+    assert packed.rows == 44
+    x = rng.standard_normal((1, 64)).astype(np.float32)
+    outs = quant.qmatmul_split(mx.array(x), packed, [20, 12, 12])
+    assert [o.shape for o in outs] == [(1, 20), (1, 12), (1, 12)]
+    for got, (_, w) in zip(outs, parts):
+        check_exact(got, x.astype(np.float64), w)
+
+
+@pytest.mark.parametrize("bits", [4, 8])
+def test_embedding_rows_are_exact(bits):
+    rng = np.random.default_rng(bits)
+    triple, w = make_weight(rng, 50, 128, bits, 64)
+    packed = quant.pack([triple], 64, bits)
+    ids = mx.array([[0, 49, 7], [7, 8, 9]])
+    got = np.array(quant.qembed(ids, packed))
+    assert got.shape == (2, 3, 128)
+    np.testing.assert_array_equal(got, w[np.array(ids)].astype(np.float32))
+
+
+def test_works_inside_compile():
+    rng = np.random.default_rng(8)
+    triple, w = make_weight(rng, 16, 64, 4, 32)
+    packed = quant.pack([triple], 32, 4)
+
+    @mx.compile
+    def f(x):
+        return quant.qmatmul(x * 2.0, packed) + 1.0
+
+    x = rng.standard_normal((1, 64)).astype(np.float32)
+    check_exact(np.array(f(mx.array(x))) - 1.0, 2.0 * x.astype(np.float64), w)
+
+
+def test_threads_give_the_same_result():
+    ext = quant.native()
+    rng = np.random.default_rng(9)
+    triple, _ = make_weight(rng, 256, 128, 4, 32)
+    packed = quant.pack([triple], 32, 4)
+    x = mx.array(rng.standard_normal((3, 128)).astype(np.float32))
+    before = ext.num_threads()
+    try:
+        ext.set_num_threads(1)
+        one = np.array(quant.qmatmul(x, packed))
+        ext.set_num_threads(3)
+        three = np.array(quant.qmatmul(x, packed))
+    finally:
+        ext.set_num_threads(before)
+    np.testing.assert_array_equal(one, three)
+
+
+def test_bad_arguments_raise():
+    rng = np.random.default_rng(10)
+    triple, _ = make_weight(rng, 16, 64, 4, 32)
+    packed = quant.pack([triple], 32, 4)
+    ext = quant.native()
+    with pytest.raises(ValueError, match="last axis"):
+        quant.qmatmul(mx.zeros((1, 32)), packed)
+    with pytest.raises(ValueError, match="bytes"):
+        ext.qmatmul(mx.zeros((1, 64)), packed.data, 17, 64, 4)
+    with pytest.raises(ValueError, match="bits"):
+        ext.qmatmul(mx.zeros((1, 64)), packed.data, 16, 64, 3)
+    with pytest.raises(ValueError, match="cannot repack"):
+        quant.pack([mx.quantize(mx.zeros((8, 64)), group_size=64, bits=2)], 64, 2)
+
+
+@settings(max_examples=25, deadline=None)
+@given(
+    rows=st.integers(1, 40),
+    out=st.integers(1, 70),
+    blocks=st.integers(1, 6),
+    bits=st.sampled_from([4, 8]),
+)
+def test_random_shapes(rows, out, blocks, bits):
+    rng = np.random.default_rng(rows * 10007 + out * 101 + blocks)
+    triple, w = make_weight(rng, out, 32 * blocks, bits, 32)
+    x = rng.standard_normal((rows, 32 * blocks)).astype(np.float32)
+    check_exact(quant.qmatmul(mx.array(x), quant.pack([triple], 32, bits)), x.astype(np.float64), w)
+
+
+def test_zero_rows_of_activations():
+    rng = np.random.default_rng(11)
+    triple, w = make_weight(rng, 8, 64, 4, 32)
+    x = np.zeros((2, 64), dtype=np.float32)
+    x[1, :32] = rng.standard_normal(32)
+    got = np.array(quant.qmatmul(mx.array(x), quant.pack([triple], 32, 4)))
+    assert np.all(got[0] == 0)
+    check_exact(got, x.astype(np.float64), w)
