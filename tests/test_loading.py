@@ -17,7 +17,7 @@ from conftest import DATA
 from mlx.utils import tree_flatten
 
 from entropix_mlx.errors import ModelLoadError
-from entropix_mlx.model import gguf, paths
+from entropix_mlx.model import gguf, paths, quant
 from entropix_mlx.model import load as loading
 from entropix_mlx.model.gguf import translate_weight_names
 from entropix_mlx.model.load import list_models, load
@@ -151,8 +151,15 @@ def test_sharded_safetensors_equal_one_file(tmp_path: Path) -> None:
 
 
 def test_auto_layout_follows_the_dense_budget(tmp_path: Path, monkeypatch) -> None:
+    """Without the quantized CPU kernels (no compiler at install): dense float32 within the
+    budget, MLX's quantized layers past it, and a one-line notice saying why."""
+    monkeypatch.setattr(quant, "_load_native", lambda: "no C++ compiler")
     folder = make_tiny_checkpoint(tmp_path / "q", quantize=(64, 4))
-    assert load(folder)[2].layout == "dense float32"
+    info = load(folder)[2]
+    assert info.layout == "dense float32"
+    assert "no C++ compiler" in info.notice and "dense float32" in info.notice
+    with pytest.raises(ModelLoadError, match="no C.. compiler"):
+        load(folder, layout="packed")
     monkeypatch.setenv(loading.BUDGET_ENV, "0")
     assert load(folder)[2].layout == "quantized"
     monkeypatch.setenv(loading.BUDGET_ENV, "lots")

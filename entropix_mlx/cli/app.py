@@ -235,13 +235,14 @@ def _load(console, model: str | None, *, quiet: bool = False, split: bool = True
 
 
 def _show_model(console, info) -> None:
-    """One line: name, size, quantization, device, time; and a notice on a slow BLAS."""
+    """One line: name, size, quantization, layout, resident size, device, time; and a notice on
+    a slow BLAS or quantized weights that could not stay quantized."""
     from ..ui import render as tui
 
     console.print(tui.render_model_info(info))
-    notice = tui.render_blas_notice(info.blas)
-    if notice is not None:
-        console.print(notice)
+    for notice in (tui.render_blas_notice(info.blas), tui.render_notice(info.notice)):
+        if notice is not None:
+            console.print(notice)
 
 
 def _from_rank_zero(value: Any) -> Any:

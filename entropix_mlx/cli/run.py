@@ -239,12 +239,13 @@ def models(plain: PlainOpt = False) -> None:
 def _models(plain: bool) -> None:
     from rich.table import Table
 
-    from ..model.load import list_models, runtime_summary
+    from ..model.load import list_models, resident_estimate, runtime_summary
     from ..ui import render as tui
 
     console = tui.console(plain)
-    table = Table("name", "arch", "size", "quantization", box=None)
+    table = Table("name", "arch", "size", "quantization", "resident", box=None)
     for m in list_models():
-        table.add_row(m.name, m.arch, f"{m.size_bytes / 2**20:.0f} MiB", m.quantization)
+        size, resident = m.size_bytes / 2**20, resident_estimate(m) / 2**20
+        table.add_row(m.name, m.arch, f"{size:.0f} MiB", m.quantization, f"~{resident:.0f} MiB")
     console.print(table)
     console.print(runtime_summary(), style="ui.muted")

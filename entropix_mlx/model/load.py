@@ -21,7 +21,7 @@ import mlx.nn as nn
 from mlx.utils import tree_flatten
 
 from ..errors import ModelLoadError
-from . import backend
+from . import backend, quant
 from .checkpoint import SUPPORTED_HINT, Checkpoint, quantized_modules
 from .gguf import describe_gguf, is_gguf, read_gguf
 from .llama import Model, ModelArgs
@@ -32,7 +32,7 @@ if TYPE_CHECKING:
 
 BUDGET_ENV = "ENTROPIX_DENSE_BUDGET_GB"
 FALLBACK_DENSE_BUDGET_GB = 4.0  # where the physical memory size cannot be read
-LAYOUTS = ("auto", "dense", "quantized")
+LAYOUTS = ("auto", "dense", "quantized", "packed")
 TOKENIZER_FILES = ("tokenizer.json", "tokenizer.model")
 
 Progress = Callable[[str, float], None]
@@ -45,12 +45,14 @@ class ModelInfo:
     arch: str
     params: int
     quantization: str  # "Q4_1 (GGUF)", "4-bit g64 (MLX)", "float16", …
-    layout: str  # "dense float32" | "quantized" | "dense float16" (GPU)
+    layout: str  # "packed (avx2 · 2 threads)" | "dense float32" | "quantized" | "dense float16"
     context_length: int
     device: str  # "cpu" | "gpu"
     blas: str
     size_bytes: int
     load_seconds: float
+    resident_bytes: int = 0  # the weights in memory
+    notice: str | None = None  # e.g. why quantized weights could not stay quantized on the CPU
 
 
 @dataclass(frozen=True)
@@ -184,15 +186,38 @@ def runtime_summary() -> str:
     """`device · BLAS · weight layout` of this machine (what `entropix models` reports)."""
     if not backend.on_cpu():
         layout = "quantized weights stay quantized"
+    elif quant.native() is not None:
+        layout = f"quantized weights stay quantized on the CPU kernels ({quant.native_status()})"
     else:
         gib = dense_budget_bytes() / 2**30
-        layout = f"quantized weights run as dense float32 up to {gib:.1f} GiB ({BUDGET_ENV})"
+        layout = (
+            f"quantized weights run as dense float32 up to {gib:.1f} GiB ({BUDGET_ENV}); "
+            f"{quant.native_error()}"
+        )
     return f"device {device_name()} · BLAS {backend.blas_status()} · {layout}"
 
 
+def resident_estimate(summary: ModelSummary) -> int:
+    """Bytes the weights will take in memory on this machine (what `entropix models` shows)."""
+    quantized = summary.quantization.startswith("Q") or "-bit" in summary.quantization
+    if not quantized or not backend.on_cpu() or quant.native() is not None:
+        return summary.size_bytes if quantized else summary.params * 4
+    return summary.params * 4 if summary.params * 4 <= dense_budget_bytes() else summary.size_bytes
+
+
+def _wants_packed(layout: str, on_gpu: bool, path: Path) -> bool:
+    """auto and packed: quantized weights stay quantized on the CPU, on our kernels (`quant`),
+    where they were built; otherwise auto falls back to `_wants_dense`."""
+    if on_gpu or layout not in ("auto", "packed"):
+        return False
+    if quant.native() is None and layout == "packed":
+        raise ModelLoadError(f"{path.name}: {quant.native_error()}; reinstall with `make install`")
+    return quant.native() is not None
+
+
 def _wants_dense(layout: str, params: int, on_gpu: bool) -> bool:
-    """auto: dense float32 on the CPU when it fits the budget — MLX's CPU quantized matmul is a
-    slow single-threaded loop, while float32 goes through BLAS (~25× faster prefill)."""
+    """auto without the CPU kernels: dense float32 on the CPU when it fits the budget — MLX's CPU
+    quantized matmul is a slow single-threaded loop, while float32 goes through BLAS."""
     if layout != "auto":
         return layout == "dense"
     return not on_gpu and params * 4 <= dense_budget_bytes()
@@ -235,28 +260,39 @@ def _build(ckpt: Checkpoint, layout: str, path: Path) -> tuple[Model, str, int]:
     """Model with the checkpoint's weights in the chosen layout; returns (model, layout, params)."""
     model = Model(ckpt.args)
     weights = model.sanitize(ckpt.weights)
-    quant = {m: q for m, q in ckpt.quant.items() if f"{m}.weight" in weights}
-    params = _count_params(weights, quant)
+    qmap = {m: q for m, q in ckpt.quant.items() if f"{m}.weight" in weights}
+    params = _count_params(weights, qmap)
     on_gpu = not backend.on_cpu()
-    if quant and _wants_dense(layout, params, on_gpu):
-        weights, quant = _dequantize(weights, quant), {}
+    packed = bool(qmap) and _wants_packed(layout, on_gpu, path)
+    if qmap and not packed and _wants_dense(layout, params, on_gpu):
+        weights, qmap = _dequantize(weights, qmap), {}
     if not on_gpu:
         weights = _to_float32(weights)
-    if quant:
+    if qmap:
         nn.quantize(
             model,
-            class_predicate=lambda p, _: (
-                p in quant and {"group_size": quant[p][0], "bits": quant[p][1]}
-            ),
+            class_predicate=lambda p, _: p in qmap and {"group_size": qmap[p][0], "bits": qmap[p][1]},
         )
     _check_names(model, weights, path)
     try:
         model.load_weights(list(weights.items()), strict=True)
     except ValueError as err:
         raise ModelLoadError(f"{path.name}: {err}") from None
+    del weights
+    if packed:
+        model.pack_quantized()
     mx.eval(model.parameters())
-    embed = weights["model.embed_tokens.weight"]
-    return model, "quantized" if quant else f"dense {_dtype_name(embed.dtype)}", params
+    if model.packed:
+        return model, f"packed ({quant.native_status()})", params
+    embed = model.model.embed_tokens
+    return model, "quantized" if qmap else f"dense {_dtype_name(embed.weight.dtype)}", params
+
+
+def _notice(ckpt: Checkpoint, layout: str, on_gpu: bool) -> str | None:
+    """Why a quantized model does not stay quantized on the CPU (one line at start-up)."""
+    if ckpt.quant and not on_gpu and layout == "auto" and quant.native() is None:
+        return f"{quant.native_error()}: quantized weights run as dense float32 (slower, more memory)"
+    return None
 
 
 def _read_checkpoint(path: Path) -> Checkpoint:
@@ -284,7 +320,9 @@ def load(
 ) -> tuple[Model, Tokenizer, ModelInfo]:
     """Load a model and its tokenizer; raises ModelLoadError naming the file and what to do.
 
-    layout: "dense" (float32), "quantized" (keep quantized tensors) or "auto" (`_wants_dense`).
+    layout: "dense" (float32), "quantized" (MLX's quantized layers), "packed" (quantized weights
+    on our CPU kernels) or "auto" (GPU: quantized; CPU: packed where the kernels were built,
+    else `_wants_dense`).
     """
     if layout not in LAYOUTS:
         raise ValueError(f"layout {layout!r} is not one of {', '.join(LAYOUTS)}")
@@ -296,6 +334,10 @@ def load(
     report("building", 0.5)
     net, layout_name, params = _build(ckpt, layout, path)
     tokenizer = _tokenizer_for(path, ckpt.gguf_metadata)
+    notice = _notice(ckpt, layout, not backend.on_cpu())
+    ckpt.weights.clear()  # now in the model: repacked or converted ones go back to the system
+    mx.clear_cache()
+    resident = sum(v.nbytes for _, v in tree_flatten(net.parameters()))
     info = ModelInfo(
         name=_model_name(path),
         path=path,
@@ -308,6 +350,8 @@ def load(
         blas=backend.blas_status(),
         size_bytes=_size_on_disk(path),
         load_seconds=time.perf_counter() - start,
+        resident_bytes=resident,
+        notice=notice,
     )
     report("done", 1.0)
     return net, tokenizer, info

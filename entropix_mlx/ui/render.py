@@ -234,11 +234,18 @@ def render_legend() -> Table:
 
 
 def render_model_info(info: Any) -> Text:
-    """`name · size · quantization · layout · device · loaded in N s` from a `ModelInfo`."""
+    """`name · size · quantization · layout · N MiB resident · device · loaded in N s` from a
+    `ModelInfo`."""
     size = f"{info.size_bytes / 2**20:.0f} MiB"
-    parts = [info.name, size, info.quantization, info.layout, info.device]
+    resident = f"{info.resident_bytes / 2**20:.0f} MiB resident" if info.resident_bytes else ""
+    parts = [info.name, size, info.quantization, info.layout, resident, info.device]
     line = Text(" · ".join(str(p) for p in parts if p), style="ui.muted")
     return line.append(f" · loaded in {info.load_seconds:.1f} s", style="ui.muted")
+
+
+def render_notice(notice: str | None) -> Text | None:
+    """A loader's one-line note (e.g. the quantized CPU kernels were not built), if any."""
+    return None if not notice else Text(f"note: {notice}", style="ui.warning")
 
 
 def render_blas_notice(blas: str) -> Text | None:
