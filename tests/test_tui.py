@@ -271,10 +271,16 @@ def test_model_info_line() -> None:
             "name": "SmolLM2",
             "size_bytes": 94 * 2**20,
             "quantization": "Q4_1 (GGUF)",
-            "layout": "dense float32",
+            "layout": "packed (avx2 · 2 threads)",
+            "resident_bytes": 94 * 2**20,
             "device": "cpu",
             "load_seconds": 1.25,
         },
     )()
     line = tui.render_model_info(info).plain
-    assert line == "SmolLM2 · 94 MiB · Q4_1 (GGUF) · dense float32 · cpu · loaded in 1.2 s"
+    assert line == (
+        "SmolLM2 · 94 MiB · Q4_1 (GGUF) · packed (avx2 · 2 threads) · 94 MiB resident · cpu"
+        " · loaded in 1.2 s"
+    )
+    assert tui.render_notice(None) is None
+    assert tui.render_notice("kernels not built").plain == "note: kernels not built"
