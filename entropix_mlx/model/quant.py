@@ -161,20 +161,31 @@ def qmatmul(
     norm: mx.array | None = None,
     eps: float = 1e-5,
     residual: mx.array | None = None,
+    precise: bool = True,
 ) -> mx.array:
     """x @ Wᵀ (float32) for x (..., cols); `norm`: RMSNorm x with this weight first; `residual`:
-    added to the result; a `glu` matrix gives silu(x @ gateᵀ) · (x @ upᵀ)."""
+    added to the result; a `glu` matrix gives silu(x @ gateᵀ) · (x @ upᵀ). `precise`: activations
+    in two int8 levels (error ~250x smaller than one level, for ~1.5x the arithmetic)."""
     return _ext().qmatmul(
-        x, w.data, w.rows, w.cols, w.bits, norm=norm, eps=eps, residual=residual, glu=w.glu
-    )
+        x, w.data, w.rows, w.cols, w.bits, norm=norm, eps=eps, residual=residual, glu=w.glu,
+        precise=precise,
+    )  # fmt: skip
 
 
 def qmatmul_split(
     x: mx.array, w: Packed, splits: Sequence[int], *, norm: mx.array | None = None,
-    eps: float = 1e-5,
+    eps: float = 1e-5, precise: bool = True,
 ) -> list[mx.array]:  # fmt: skip
     """x @ Wᵀ as column blocks of the given widths (q, k, v from one stacked matrix)."""
-    return _ext().qmatmul_split(x, w.data, list(splits), w.cols, w.bits, norm=norm, eps=eps)
+    return _ext().qmatmul_split(
+        x, w.data, list(splits), w.cols, w.bits, norm=norm, eps=eps, precise=precise
+    )
+
+
+def qdequant(w: Packed) -> mx.array:
+    """All of W in float32: (rows, cols), or for `glu` (2 · rows, cols), gate and up alternating
+    every 8 rows."""
+    return _ext().qdequant(w.data, w.rows * (2 if w.glu else 1), w.cols, w.bits)
 
 
 def qembed(ids: mx.array, w: Packed) -> mx.array:
@@ -183,6 +194,29 @@ def qembed(ids: mx.array, w: Packed) -> mx.array:
 
 
 # ---------------------------------------------------------------------------- modules
+
+# Products with at least this many rows (prompts) dequantize the weights to float32 and go to
+# BLAS: the dense layout's exact numbers, and faster than the int8 kernel from about here on
+# (benchmarks/quant_kernels.py). Decoding (1 row per sequence) stays on the kernel.
+DENSE_FROM_ROWS = 16
+
+
+def _dense_product(
+    x: mx.array, w: Packed, norm: nn.RMSNorm | None, residual: mx.array | None = None
+) -> mx.array:
+    """What `qmatmul` computes, through float32 weights and BLAS."""
+    from . import ops  # compiled RMSNorm and SwiGLU, the dense layout's own
+
+    h = x if norm is None else ops.rms_norm(x, norm.weight, norm.eps)
+    y = h @ qdequant(w).T
+    if w.glu:  # columns: gate and up alternating every 8
+        pairs = y.reshape(*y.shape[:-1], w.rows // TILE, 2, TILE)
+        y = ops.swiglu(pairs[..., 0, :], pairs[..., 1, :]).reshape(*x.shape[:-1], w.rows)
+    return y if residual is None else residual + y
+
+
+def _many_rows(x: mx.array) -> bool:
+    return x.size // x.shape[-1] >= DENSE_FROM_ROWS
 
 
 class PackedLinear(nn.Module):
@@ -204,10 +238,15 @@ class PackedLinear(nn.Module):
     def __call__(
         self, x: mx.array, norm: nn.RMSNorm | None = None, residual: mx.array | None = None
     ) -> mx.array:
+        if _many_rows(x):
+            return _dense_product(x, self.packed, norm, residual)
         weight, eps = (None, 1e-5) if norm is None else (norm.weight, norm.eps)
         return qmatmul(x, self.packed, norm=weight, eps=eps, residual=residual)
 
     def split(self, x: mx.array, norm: nn.RMSNorm | None = None) -> list[mx.array]:
+        if _many_rows(x):
+            y = _dense_product(x, self.packed, norm)
+            return mx.split(y, np.cumsum(self._splits)[:-1].tolist(), axis=-1)
         weight, eps = (None, 1e-5) if norm is None else (norm.weight, norm.eps)
         return qmatmul_split(x, self.packed, self._splits, norm=weight, eps=eps)
 
@@ -228,6 +267,8 @@ class PackedEmbedding(nn.Module):
         return qembed(ids, self.packed)
 
     def as_linear(self, x: mx.array, norm: nn.RMSNorm | None = None) -> mx.array:
+        if _many_rows(x):
+            return _dense_product(x, self.packed, norm)
         weight, eps = (None, 1e-5) if norm is None else (norm.weight, norm.eps)
         return qmatmul(x, self.packed, norm=weight, eps=eps)
 
@@ -253,9 +294,15 @@ def _triple(m: Quantized) -> QuantTriple:
 
 def pack_linear(*modules: Quantized) -> PackedLinear:
     """One quantized linear layer, or several stacked by rows (then `split` returns each's part)."""
-    packed = pack([_triple(m) for m in modules], modules[0].group_size, modules[0].bits)
-    splits = [m.weight.shape[0] for m in modules] if len(modules) > 1 else []
-    return PackedLinear(packed, splits)
+    triples = [_triple(m) for m in modules]
+    return pack_linear_from_triples(triples, modules[0].group_size, modules[0].bits, len(modules) > 1)
+
+
+def pack_linear_from_triples(
+    triples: Sequence[QuantTriple], group_size: int, bits: int, splits: bool = False
+) -> PackedLinear:
+    packed = pack(triples, group_size, bits)
+    return PackedLinear(packed, [w.shape[0] for w, _, _ in triples] if splits else [])
 
 
 def pack_glu_linear(gate: Quantized, up: Quantized) -> PackedLinear:

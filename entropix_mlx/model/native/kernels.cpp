@@ -73,6 +73,12 @@ void unpack_row(const uint8_t* rec, int bits, int r, int* q) {
   }
 }
 
+int32_t dot32(const int* q, const int8_t* x) {
+  int32_t dot = 0;
+  for (int c = 0; c < kBlock; ++c) dot += q[c] * x[c];
+  return dot;
+}
+
 void tile_scalar(const uint8_t* rec, int64_t nb, int bits, const QuantRows& x, int64_t m0, int mr,
                  float* out) {
   float acc[4][kTileRows] = {};
@@ -84,35 +90,45 @@ void tile_scalar(const uint8_t* rec, int64_t nb, int bits, const QuantRows& x, i
       const float d = half_to_float(load_u16(rec + qb + 2 * r));
       const float m = half_to_float(load_u16(rec + qb + 2 * kTileRows + 2 * r));
       for (int i = 0; i < mr; ++i) {
-        const int8_t* xq = x.q + (m0 + i) * x.k + b * kBlock;
-        const int64_t xb = (m0 + i) * nb + b;
-        int32_t dot = 0;
-        for (int c = 0; c < kBlock; ++c) dot += q[c] * xq[c];
-        acc[i][r] = std::fma(static_cast<float>(dot), d * x.d[xb], acc[i][r]);
-        acc[i][r] = std::fma(m, x.sum[xb], acc[i][r]);
+        const int64_t xo = (m0 + i) * x.k + b * kBlock, xb = (m0 + i) * nb + b;
+        float& a = acc[i][r];
+        a = std::fma(static_cast<float>(dot32(q, x.q + xo)), d * x.d[xb], a);
+        if (x.q2) a = std::fma(static_cast<float>(dot32(q, x.q2 + xo)), d * x.d2[xb], a);
+        a = std::fma(m, x.sum[xb], a);
       }
     }
   }
   for (int i = 0; i < mr; ++i) std::memcpy(out + i * kTileRows, acc[i], sizeof(acc[i]));
 }
 
-void quantize_row_scalar(const float* v, int64_t k, int8_t* q, float* d, float* sum,
-                         int32_t* qsum) {
-  for (int64_t b = 0; b < k / kBlock; ++b) {
-    const float* vb = v + b * kBlock;
-    float amax = 0.0f;
-    for (int c = 0; c < kBlock; ++c) amax = std::max(amax, std::fabs(vb[c]));
-    const float scale = amax / 127.0f;
-    const float inv = amax > 0.0f ? 127.0f / amax : 0.0f;
-    int32_t qs = 0;
-    for (int c = 0; c < kBlock; ++c) {
-      const int qi = static_cast<int>(std::nearbyint(vb[c] * inv));
-      q[b * kBlock + c] = static_cast<int8_t>(qi);
-      qs += qi;
+// One block of 32 values → q (round half to even), returns the scale; *qs = Σq.
+float quantize_block_scalar(const float* v, int8_t* q, int32_t* qs) {
+  float amax = 0.0f;
+  for (int c = 0; c < kBlock; ++c) amax = std::max(amax, std::fabs(v[c]));
+  const float inv = amax > 0.0f ? 127.0f / amax : 0.0f;
+  int32_t total = 0;
+  for (int c = 0; c < kBlock; ++c) {
+    const int qi = static_cast<int>(std::nearbyint(v[c] * inv));
+    q[c] = static_cast<int8_t>(qi);
+    total += qi;
+  }
+  *qs = total;
+  return amax / 127.0f;
+}
+
+void quantize_row_scalar(const float* v, int64_t k, const QuantRows& o, int64_t row) {
+  const int64_t nb = k / kBlock;
+  for (int64_t b = 0; b < nb; ++b) {
+    const int64_t xo = row * k + b * kBlock, xb = row * nb + b;
+    const float d = quantize_block_scalar(v + b * kBlock, o.q + xo, o.qsum + xb);
+    o.d[xb] = d;
+    o.sum[xb] = d * static_cast<float>(o.qsum[xb]);
+    if (o.q2) {
+      float rest[kBlock];
+      for (int c = 0; c < kBlock; ++c) rest[c] = v[b * kBlock + c] - d * o.q[xo + c];
+      o.d2[xb] = quantize_block_scalar(rest, o.q2 + xo, o.qsum2 + xb);
+      o.sum[xb] += o.d2[xb] * static_cast<float>(o.qsum2[xb]);
     }
-    d[b] = scale;
-    sum[b] = scale * static_cast<float>(qs);
-    qsum[b] = qs;
   }
 }
 
@@ -123,7 +139,8 @@ void quantize_row_scalar(const float* v, int64_t k, int8_t* q, float* d, float* 
 // 4-bit: per (tile, block) 4 loads give, per register j, bytes 4j..4j+3 (low nibbles) and
 // 16+4j..16+4j+3 (high nibbles) of all 8 rows. Each maddubs pairs them with 4 broadcast
 // activation bytes; the 8 partial sums per row stay in int16 (|sum| ≤ 8 · 2 · 15 · 127 < 2^15).
-template <int MR>
+// TWO: the second activation level rides along on the same unpacked weights.
+template <int MR, bool TWO>
 ENTROPIX_AVX2 void tile_q4_avx2(const uint8_t* rec, int64_t nb, const QuantRows& x, int64_t m0,
                                 float* out) {
   const __m256i low = _mm256_set1_epi8(0x0f);
@@ -132,18 +149,26 @@ ENTROPIX_AVX2 void tile_q4_avx2(const uint8_t* rec, int64_t nb, const QuantRows&
   for (int i = 0; i < MR; ++i) acc[i] = _mm256_setzero_ps();
   for (int64_t b = 0; b < nb; ++b, rec += 160) {
     _mm_prefetch(reinterpret_cast<const char*>(rec + 640), _MM_HINT_T0);
-    __m256i s16[MR];
-    for (int i = 0; i < MR; ++i) s16[i] = _mm256_setzero_si256();
+    __m256i s16[MR], t16[MR];
+    for (int i = 0; i < MR; ++i) s16[i] = t16[i] = _mm256_setzero_si256();
     for (int j = 0; j < 4; ++j) {
       const __m256i raw = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(rec + 32 * j));
       const __m256i lo = _mm256_and_si256(raw, low);
       const __m256i hi = _mm256_and_si256(_mm256_srli_epi16(raw, 4), low);
       for (int i = 0; i < MR; ++i) {
-        const int8_t* xq = x.q + (m0 + i) * x.k + b * kBlock;
-        const __m256i xl = _mm256_set1_epi32(load_i32(xq + 4 * j));
-        const __m256i xh = _mm256_set1_epi32(load_i32(xq + 16 + 4 * j));
-        s16[i] = _mm256_add_epi16(s16[i], _mm256_add_epi16(_mm256_maddubs_epi16(lo, xl),
-                                                           _mm256_maddubs_epi16(hi, xh)));
+        const int64_t xo = (m0 + i) * x.k + b * kBlock;
+        const int8_t* xq = x.q + xo;
+        s16[i] = _mm256_add_epi16(
+            s16[i],
+            _mm256_add_epi16(_mm256_maddubs_epi16(lo, _mm256_set1_epi32(load_i32(xq + 4 * j))),
+                             _mm256_maddubs_epi16(hi, _mm256_set1_epi32(load_i32(xq + 16 + 4 * j)))));
+        if constexpr (TWO) {
+          const int8_t* xr = x.q2 + xo;
+          t16[i] = _mm256_add_epi16(
+              t16[i],
+              _mm256_add_epi16(_mm256_maddubs_epi16(lo, _mm256_set1_epi32(load_i32(xr + 4 * j))),
+                               _mm256_maddubs_epi16(hi, _mm256_set1_epi32(load_i32(xr + 16 + 4 * j)))));
+        }
       }
     }
     const __m256 d = _mm256_cvtph_ps(_mm_loadu_si128(reinterpret_cast<const __m128i*>(rec + 128)));
@@ -152,6 +177,10 @@ ENTROPIX_AVX2 void tile_q4_avx2(const uint8_t* rec, int64_t nb, const QuantRows&
       const int64_t xb = (m0 + i) * nb + b;
       const __m256 dot = _mm256_cvtepi32_ps(_mm256_madd_epi16(s16[i], ones));
       acc[i] = _mm256_fmadd_ps(dot, _mm256_mul_ps(d, _mm256_set1_ps(x.d[xb])), acc[i]);
+      if constexpr (TWO) {
+        const __m256 dot2 = _mm256_cvtepi32_ps(_mm256_madd_epi16(t16[i], ones));
+        acc[i] = _mm256_fmadd_ps(dot2, _mm256_mul_ps(d, _mm256_set1_ps(x.d2[xb])), acc[i]);
+      }
       acc[i] = _mm256_fmadd_ps(m, _mm256_set1_ps(x.sum[xb]), acc[i]);
     }
   }
@@ -160,7 +189,7 @@ ENTROPIX_AVX2 void tile_q4_avx2(const uint8_t* rec, int64_t nb, const QuantRows&
 
 // 8-bit: maddubs needs one unsigned operand and |pair sum| < 2^15, so the weights go in as
 // w = q - 128 (|w| ≤ 128) with the sign moved onto the activations; 128 · Σx is added back.
-template <int MR>
+template <int MR, bool TWO>
 ENTROPIX_AVX2 void tile_q8_avx2(const uint8_t* rec, int64_t nb, const QuantRows& x, int64_t m0,
                                 float* out) {
   const __m256i flip = _mm256_set1_epi8(static_cast<char>(0x80));
@@ -169,16 +198,20 @@ ENTROPIX_AVX2 void tile_q8_avx2(const uint8_t* rec, int64_t nb, const QuantRows&
   for (int i = 0; i < MR; ++i) acc[i] = _mm256_setzero_ps();
   for (int64_t b = 0; b < nb; ++b, rec += 288) {
     _mm_prefetch(reinterpret_cast<const char*>(rec + 1152), _MM_HINT_T0);
-    __m256i s32[MR];
-    for (int i = 0; i < MR; ++i) s32[i] = _mm256_setzero_si256();
+    __m256i s32[MR], t32[MR];
+    for (int i = 0; i < MR; ++i) s32[i] = t32[i] = _mm256_setzero_si256();
     for (int j = 0; j < 8; ++j) {
       const __m256i w = _mm256_xor_si256(
           _mm256_loadu_si256(reinterpret_cast<const __m256i*>(rec + 32 * j)), flip);
       const __m256i aw = _mm256_abs_epi8(w);
       for (int i = 0; i < MR; ++i) {
-        const int8_t* xq = x.q + (m0 + i) * x.k + b * kBlock;
-        const __m256i xs = _mm256_sign_epi8(_mm256_set1_epi32(load_i32(xq + 4 * j)), w);
+        const int64_t xo = (m0 + i) * x.k + b * kBlock;
+        const __m256i xs = _mm256_sign_epi8(_mm256_set1_epi32(load_i32(x.q + xo + 4 * j)), w);
         s32[i] = _mm256_add_epi32(s32[i], _mm256_madd_epi16(_mm256_maddubs_epi16(aw, xs), ones));
+        if constexpr (TWO) {
+          const __m256i xr = _mm256_sign_epi8(_mm256_set1_epi32(load_i32(x.q2 + xo + 4 * j)), w);
+          t32[i] = _mm256_add_epi32(t32[i], _mm256_madd_epi16(_mm256_maddubs_epi16(aw, xr), ones));
+        }
       }
     }
     const __m256 d = _mm256_cvtph_ps(_mm_loadu_si128(reinterpret_cast<const __m128i*>(rec + 256)));
@@ -188,6 +221,11 @@ ENTROPIX_AVX2 void tile_q8_avx2(const uint8_t* rec, int64_t nb, const QuantRows&
       const __m256i full = _mm256_add_epi32(s32[i], _mm256_set1_epi32(128 * x.qsum[xb]));
       acc[i] = _mm256_fmadd_ps(_mm256_cvtepi32_ps(full), _mm256_mul_ps(d, _mm256_set1_ps(x.d[xb])),
                                acc[i]);
+      if constexpr (TWO) {
+        const __m256i full2 = _mm256_add_epi32(t32[i], _mm256_set1_epi32(128 * x.qsum2[xb]));
+        acc[i] = _mm256_fmadd_ps(_mm256_cvtepi32_ps(full2),
+                                 _mm256_mul_ps(d, _mm256_set1_ps(x.d2[xb])), acc[i]);
+      }
       acc[i] = _mm256_fmadd_ps(m, _mm256_set1_ps(x.sum[xb]), acc[i]);
     }
   }
@@ -208,33 +246,45 @@ ENTROPIX_AVX2 int32_t hsum_i32(__m256i v) {
   return _mm_cvtsi128_si32(s);
 }
 
-// Same numbers as quantize_row_scalar (round to nearest even in both).
-ENTROPIX_AVX2 void quantize_row_avx2(const float* v, int64_t k, int8_t* q, float* d, float* sum,
-                                     int32_t* qsum) {
+// 32 values → q (round half to even, as quantize_block_scalar); returns the scale, *qs = Σq.
+ENTROPIX_AVX2 float quantize_block_avx2(const float* v, int8_t* q, int32_t* qs) {
   const __m256 sign = _mm256_set1_ps(-0.0f);
-  for (int64_t b = 0; b < k / kBlock; ++b) {
-    const float* vb = v + b * kBlock;
-    __m256 x[4];
-    __m256 amax = _mm256_setzero_ps();
-    for (int i = 0; i < 4; ++i) {
-      x[i] = _mm256_loadu_ps(vb + 8 * i);
-      amax = _mm256_max_ps(amax, _mm256_andnot_ps(sign, x[i]));
+  __m256 x[4];
+  __m256 amax = _mm256_setzero_ps();
+  for (int i = 0; i < 4; ++i) {
+    x[i] = _mm256_loadu_ps(v + 8 * i);
+    amax = _mm256_max_ps(amax, _mm256_andnot_ps(sign, x[i]));
+  }
+  const float mx = hmax(amax);
+  const __m256 inv = _mm256_set1_ps(mx > 0.0f ? 127.0f / mx : 0.0f);
+  __m256i qi[4];
+  for (int i = 0; i < 4; ++i) qi[i] = _mm256_cvtps_epi32(_mm256_mul_ps(x[i], inv));
+  *qs = hsum_i32(_mm256_add_epi32(_mm256_add_epi32(qi[0], qi[1]), _mm256_add_epi32(qi[2], qi[3])));
+  // int32 → int8, undoing the lane interleave of the two packs.
+  __m256i p8 = _mm256_packs_epi16(_mm256_packs_epi32(qi[0], qi[1]), _mm256_packs_epi32(qi[2], qi[3]));
+  p8 = _mm256_permutevar8x32_epi32(p8, _mm256_setr_epi32(0, 4, 1, 5, 2, 6, 3, 7));
+  _mm256_storeu_si256(reinterpret_cast<__m256i*>(q), p8);
+  return mx / 127.0f;
+}
+
+ENTROPIX_AVX2 void quantize_row_avx2(const float* v, int64_t k, const QuantRows& o, int64_t row) {
+  const int64_t nb = k / kBlock;
+  for (int64_t b = 0; b < nb; ++b) {
+    const int64_t xo = row * k + b * kBlock, xb = row * nb + b;
+    const float d = quantize_block_avx2(v + b * kBlock, o.q + xo, o.qsum + xb);
+    o.d[xb] = d;
+    o.sum[xb] = d * static_cast<float>(o.qsum[xb]);
+    if (o.q2) {
+      alignas(32) float rest[kBlock];
+      const __m256 dv = _mm256_set1_ps(d);
+      for (int i = 0; i < 4; ++i) {
+        const __m128i q8 = _mm_loadl_epi64(reinterpret_cast<const __m128i*>(o.q + xo + 8 * i));
+        const __m256 qf = _mm256_cvtepi32_ps(_mm256_cvtepi8_epi32(q8));
+        _mm256_store_ps(rest + 8 * i, _mm256_fnmadd_ps(dv, qf, _mm256_loadu_ps(v + b * kBlock + 8 * i)));
+      }
+      o.d2[xb] = quantize_block_avx2(rest, o.q2 + xo, o.qsum2 + xb);
+      o.sum[xb] += o.d2[xb] * static_cast<float>(o.qsum2[xb]);
     }
-    const float mx = hmax(amax);
-    const __m256 inv = _mm256_set1_ps(mx > 0.0f ? 127.0f / mx : 0.0f);
-    __m256i qi[4];
-    for (int i = 0; i < 4; ++i) qi[i] = _mm256_cvtps_epi32(_mm256_mul_ps(x[i], inv));
-    const __m256i qs = _mm256_add_epi32(_mm256_add_epi32(qi[0], qi[1]),
-                                        _mm256_add_epi32(qi[2], qi[3]));
-    // int32 → int8, undoing the lane interleave of the two packs.
-    const __m256i p16a = _mm256_packs_epi32(qi[0], qi[1]);
-    const __m256i p16b = _mm256_packs_epi32(qi[2], qi[3]);
-    __m256i p8 = _mm256_packs_epi16(p16a, p16b);
-    p8 = _mm256_permutevar8x32_epi32(p8, _mm256_setr_epi32(0, 4, 1, 5, 2, 6, 3, 7));
-    _mm256_storeu_si256(reinterpret_cast<__m256i*>(q + b * kBlock), p8);
-    d[b] = mx / 127.0f;
-    qsum[b] = hsum_i32(qs);
-    sum[b] = d[b] * static_cast<float>(qsum[b]);
   }
 }
 
@@ -370,9 +420,8 @@ Pool& get_pool() {
 // ---------------------------------------------------------------------------------- public
 
 void quantize_rows(const float* x, int64_t m, int64_t k, int64_t row_stride, int64_t col_stride,
-                   const float* norm_weight, float eps, QuantRows out) {
+                   const float* norm_weight, float eps, const QuantRows& out) {
   std::vector<float> buf;
-  const int64_t nb = k / kBlock;
   for (int64_t i = 0; i < m; ++i) {
     const float* row = x + i * row_stride;
     if (col_stride != 1 || norm_weight != nullptr) {
@@ -386,18 +435,28 @@ void quantize_rows(const float* x, int64_t m, int64_t k, int64_t row_stride, int
       }
       row = buf.data();
     }
-    int8_t* q = out.q + i * k;
-    float *d = out.d + i * nb, *sum = out.sum + i * nb;
-    int32_t* qsum = out.qsum + i * nb;
 #ifdef ENTROPIX_X86
     if (use_avx2()) {
-      quantize_row_avx2(row, k, q, d, sum, qsum);
+      quantize_row_avx2(row, k, out, i);
       continue;
     }
 #endif
-    quantize_row_scalar(row, k, q, d, sum, qsum);
+    quantize_row_scalar(row, k, out, i);
   }
 }
+
+#ifdef ENTROPIX_X86
+template <int MR>
+void tile_avx2(const uint8_t* rec, int64_t nb, int bits, const QuantRows& x, int64_t m0,
+               float* out) {
+  if (bits == 4) {
+    return x.q2 ? tile_q4_avx2<MR, true>(rec, nb, x, m0, out)
+                : tile_q4_avx2<MR, false>(rec, nb, x, m0, out);
+  }
+  return x.q2 ? tile_q8_avx2<MR, true>(rec, nb, x, m0, out)
+              : tile_q8_avx2<MR, false>(rec, nb, x, m0, out);
+}
+#endif
 
 void tile_dot(const uint8_t* packed, int64_t tile, int64_t k, int bits, const QuantRows& x,
               int64_t m0, int mr, float* out) {
@@ -405,19 +464,11 @@ void tile_dot(const uint8_t* packed, int64_t tile, int64_t k, int bits, const Qu
   const uint8_t* rec = packed + tile * nb * record_bytes(bits);
 #ifdef ENTROPIX_X86
   if (use_avx2()) {
-    if (bits == 4) {
-      switch (mr) {
-        case 1: return tile_q4_avx2<1>(rec, nb, x, m0, out);
-        case 2: return tile_q4_avx2<2>(rec, nb, x, m0, out);
-        case 3: return tile_q4_avx2<3>(rec, nb, x, m0, out);
-        default: return tile_q4_avx2<4>(rec, nb, x, m0, out);
-      }
-    }
     switch (mr) {
-      case 1: return tile_q8_avx2<1>(rec, nb, x, m0, out);
-      case 2: return tile_q8_avx2<2>(rec, nb, x, m0, out);
-      case 3: return tile_q8_avx2<3>(rec, nb, x, m0, out);
-      default: return tile_q8_avx2<4>(rec, nb, x, m0, out);
+      case 1: return tile_avx2<1>(rec, nb, bits, x, m0, out);
+      case 2: return tile_avx2<2>(rec, nb, bits, x, m0, out);
+      case 3: return tile_avx2<3>(rec, nb, bits, x, m0, out);
+      default: return tile_avx2<4>(rec, nb, bits, x, m0, out);
     }
   }
 #endif

@@ -31,23 +31,27 @@ inline int64_t packed_bytes(int64_t n, int64_t k, int bits) {
   return n_tiles(n) * (k / kBlock) * record_bytes(bits);
 }
 
-// Activations quantized per 32-value block: x ≈ d * q with q in [-127, 127]. `qsum` is Σq (the
-// 8-bit AVX2 kernel computes with q - 128 and adds 128 · qsum back) and `sum` = d · Σq, the bias
-// term's factor: the result is then exactly W · (d · q), whose error Σ w · (d·q - x) goes with
-// the weights themselves. With the exact Σx instead it would go with scale · q, which is not
-// centred on zero (measured: ~3x the error on Gaussian weights).
+// Activations quantized per 32-value block: x ≈ d · q with q in [-127, 127], and optionally a
+// second level for what the first leaves, x - d·q ≈ d2 · q2 (~250x smaller error: int8 alone moves
+// a small model's logits by up to ~1.5, see quant.py). `qsum` is Σq (the 8-bit AVX2 kernel computes
+// with q - 128 and adds 128 · qsum back), `sum` = d · Σq (+ d2 · Σq2), the bias term's factor: the
+// result is then exactly W · (d·q + d2·q2), whose error goes with the weights themselves. With the
+// exact Σx there instead, it would go with scale · q, which is not centred on zero (~3x larger).
 struct QuantRows {
   int8_t* q;       // m x k
   float* d;        // m x k/32
-  float* sum;      // m x k/32: d * qsum
   int32_t* qsum;   // m x k/32
+  float* sum;      // m x k/32
   int64_t k;
+  int8_t* q2 = nullptr;  // the second level, or null
+  float* d2 = nullptr;
+  int32_t* qsum2 = nullptr;
 };
 
 // Quantize `m` rows of `k` values (row i at x + i * row_stride, elements `col_stride` apart).
 // With `norm_weight`, each row is RMS-normalized first: x * rsqrt(mean(x²) + eps) * weight.
 void quantize_rows(const float* x, int64_t m, int64_t k, int64_t row_stride, int64_t col_stride,
-                   const float* norm_weight, float eps, QuantRows out);
+                   const float* norm_weight, float eps, const QuantRows& out);
 
 // Results for activation rows [m0, m0 + mr) (mr ≤ 4) and one tile of 8 weight rows:
 // out[i * 8 + r] = Σ_k w[tile*8 + r][k] * x[m0 + i][k].
@@ -67,7 +71,7 @@ void parallel_for(int64_t n, F&& f) {
 int num_threads();
 void set_num_threads(int n);  // 0: the machine's cores
 
-// One row of the original matrix back in float32 (embedding lookups).
+// One row of the original matrix back in float32 (embedding lookups, dense prefill).
 void dequantize_row(const uint8_t* packed, int64_t row, int64_t k, int bits, float* out);
 
 }  // namespace entropix

@@ -6,7 +6,9 @@
 //       `norm`: RMS-normalize each x row with this weight first; `residual`: add it to the result;
 //       `glu`: W holds gate and up rows tile-pairwise (2n rows) and the result is silu(gate)·up;
 //       `splits`: return the result's columns as several arrays (q, k, v from one product).
+//       `precise`: activations in two int8 levels (x ≈ d·q + d2·q2) instead of one.
 //   qembed(ids, packed, n, k, bits): rows `ids` of W in float32 (embedding lookups).
+//   qdequant(packed, n, k, bits): all of W in float32 (prompts of many rows go to BLAS).
 //
 // CPU only: the GPU backends keep MLX's own quantized kernels.
 #include <nanobind/nanobind.h>
@@ -39,7 +41,7 @@ struct MatmulSpec {
   int64_t n, k;
   int bits;
   float eps;
-  bool norm, residual, glu;
+  bool norm, residual, glu, precise;
   std::vector<int> splits;
 
   bool operator==(const MatmulSpec&) const = default;
@@ -83,22 +85,33 @@ void run_matmul(const MatmulSpec& s, const std::vector<mx::array>& in,
   const int64_t m = static_cast<int64_t>(x.size()) / k;
   if (m == 0) return;
 
-  std::vector<int8_t> q(m * k);
-  std::vector<float> d(m * nb), sum(m * nb);
-  std::vector<int32_t> qsum(m * nb);
+  const int levels = s.precise ? 2 : 1;
+  std::vector<int8_t> q(levels * m * k);
+  std::vector<float> d(levels * m * nb), sum(m * nb);
+  std::vector<int32_t> qsum(levels * m * nb);
+  QuantRows xq{q.data(), d.data(), qsum.data(), sum.data(), k};
+  if (s.precise) {
+    xq.q2 = q.data() + m * k;
+    xq.d2 = d.data() + m * nb;
+    xq.qsum2 = qsum.data() + m * nb;
+  }
   const float* xd = x.data<float>();
   const int64_t col_stride = x.ndim() ? x.strides().back() : 1;
   if (x.flags().row_contiguous) {
-    quantize_rows(xd, m, k, k, 1, norm, s.eps, {q.data(), d.data(), sum.data(), qsum.data(), k});
+    quantize_rows(xd, m, k, k, 1, norm, s.eps, xq);
   } else {
     const auto off = row_offsets(x);
     for (int64_t i = 0; i < m; ++i) {
-      quantize_rows(xd + off[i], 1, k, 0, col_stride, norm, s.eps,
-                    {q.data() + i * k, d.data() + i * nb, sum.data() + i * nb,
-                     qsum.data() + i * nb, k});
+      // One row at a time, into row i of the buffers.
+      QuantRows row{xq.q + i * k, xq.d + i * nb, xq.qsum + i * nb, xq.sum + i * nb, k};
+      if (s.precise) {
+        row.q2 = xq.q2 + i * k;
+        row.d2 = xq.d2 + i * nb;
+        row.qsum2 = xq.qsum2 + i * nb;
+      }
+      quantize_rows(xd + off[i], 1, k, 0, col_stride, norm, s.eps, row);
     }
   }
-  const QuantRows xq{q.data(), d.data(), sum.data(), qsum.data(), k};
 
   // Where each output column goes: splits → (array, column).
   std::vector<int64_t> starts{0};
@@ -290,6 +303,50 @@ class QuantEmbed : public mx::UnaryPrimitive {
   int bits_;
 };
 
+// The whole matrix in float32 (N, K): prompts of many rows multiply it with BLAS.
+class QuantDequant : public mx::UnaryPrimitive {
+ public:
+  QuantDequant(mx::Stream stream, int64_t n, int64_t k, int bits)
+      : mx::UnaryPrimitive(stream), n_(n), k_(k), bits_(bits) {}
+
+  void eval_cpu(const std::vector<mx::array>& inputs, mx::array& out) override {
+    out.set_data(mx::allocator::malloc(out.nbytes()));
+    auto& encoder = mx::cpu::get_command_encoder(stream());
+    encoder.set_input_array(inputs[0]);
+    encoder.set_output_array(out);
+    encoder.dispatch([w = mx::array::unsafe_weak_copy(inputs[0]),
+                      o = mx::array::unsafe_weak_copy(out), n = n_, k = k_, bits = bits_]() mutable {
+      const uint8_t* wd = w.data<uint8_t>();
+      float* od = o.data<float>();
+      const int64_t chunk = 64;
+      parallel_for((n + chunk - 1) / chunk, [&](int64_t c) {
+        for (int64_t r = c * chunk; r < std::min(n, (c + 1) * chunk); ++r) {
+          dequantize_row(wd, r, k, bits, od + r * k);
+        }
+      });
+    });
+  }
+
+  void eval_gpu(const std::vector<mx::array>&, mx::array&) override {
+    throw std::runtime_error("[entropix qdequant] CPU only");
+  }
+
+  const char* name() const override { return "EntropixQuantDequant"; }
+
+  bool is_equivalent(const mx::Primitive& other) const override {
+    auto* o = dynamic_cast<const QuantDequant*>(&other);
+    return o && o->n_ == n_ && o->k_ == k_ && o->bits_ == bits_;
+  }
+
+  std::vector<mx::Shape> output_shapes(const std::vector<mx::array>&) override {
+    return {{static_cast<int>(n_), static_cast<int>(k_)}};
+  }
+
+ private:
+  int64_t n_, k_;
+  int bits_;
+};
+
 void check_packed(const mx::array& packed, int64_t rows, int64_t k, int bits) {
   if (bits != 4 && bits != 8) throw std::invalid_argument("bits must be 4 or 8");
   if (k <= 0 || k % kBlock != 0) throw std::invalid_argument("k must be a positive multiple of 32");
@@ -307,7 +364,7 @@ mx::array f32(const mx::array& a) {
 std::vector<mx::array> build_matmul(const mx::array& x, const mx::array& packed, int64_t n,
                                     int64_t k, int bits, const std::optional<mx::array>& norm,
                                     float eps, const std::optional<mx::array>& residual, bool glu,
-                                    const std::vector<int>& splits) {
+                                    bool precise, const std::vector<int>& splits) {
   if (glu && n % kTileRows != 0) throw std::invalid_argument("glu needs n a multiple of 8");
   check_packed(packed, glu ? 2 * n : n, k, bits);
   if (x.ndim() == 0 || x.shape(-1) != k) {
@@ -320,7 +377,7 @@ std::vector<mx::array> build_matmul(const mx::array& x, const mx::array& packed,
       throw std::invalid_argument("splits must add up to n, without glu or residual");
     }
   }
-  MatmulSpec spec{n, k, bits, eps, norm.has_value(), residual.has_value(), glu, splits};
+  MatmulSpec spec{n, k, bits, eps, norm.has_value(), residual.has_value(), glu, precise, splits};
   std::vector<mx::array> inputs{f32(x), packed};
   if (norm) {
     if (norm->ndim() != 1 || norm->shape(0) != k) {
@@ -342,17 +399,24 @@ std::vector<mx::array> build_matmul(const mx::array& x, const mx::array& packed,
 
 mx::array qmatmul(const mx::array& x, const mx::array& packed, int64_t n, int64_t k, int bits,
                   const std::optional<mx::array>& norm, float eps,
-                  const std::optional<mx::array>& residual, bool glu) {
-  return build_matmul(x, packed, n, k, bits, norm, eps, residual, glu, {})[0];
+                  const std::optional<mx::array>& residual, bool glu, bool precise) {
+  return build_matmul(x, packed, n, k, bits, norm, eps, residual, glu, precise, {})[0];
 }
 
 std::vector<mx::array> qmatmul_split(const mx::array& x, const mx::array& packed,
                                      const std::vector<int>& splits, int64_t k, int bits,
-                                     const std::optional<mx::array>& norm, float eps) {
+                                     const std::optional<mx::array>& norm, float eps,
+                                     bool precise) {
   int64_t n = 0;
   for (int w : splits) n += w;
   if (splits.empty()) throw std::invalid_argument("splits must not be empty");
-  return build_matmul(x, packed, n, k, bits, norm, eps, std::nullopt, false, splits);
+  return build_matmul(x, packed, n, k, bits, norm, eps, std::nullopt, false, precise, splits);
+}
+
+mx::array qdequant(const mx::array& packed, int64_t n, int64_t k, int bits) {
+  check_packed(packed, n, k, bits);
+  return mx::array({static_cast<int>(n), static_cast<int>(k)}, mx::float32,
+                   std::make_shared<QuantDequant>(cpu_stream(), n, k, bits), {packed});
 }
 
 mx::array qembed(const mx::array& ids, const mx::array& packed, int64_t n, int64_t k, int bits) {
@@ -375,10 +439,13 @@ NB_MODULE(_qmv, m) {
   m.doc() = "Quantized matrix products on the CPU for entropix-mlx (see qmv.cpp).";
   m.def("qmatmul", &qmatmul, "x"_a, "packed"_a, "n"_a, "k"_a, "bits"_a, nb::kw_only(),
         "norm"_a = nb::none(), "eps"_a = 1e-5f, "residual"_a = nb::none(), "glu"_a = false,
+        "precise"_a = true,
         "x @ W.T with W packed; optional RMSNorm of x, residual add, SwiGLU (see qmv.cpp).");
   m.def("qmatmul_split", &qmatmul_split, "x"_a, "packed"_a, "splits"_a, "k"_a, "bits"_a,
-        nb::kw_only(), "norm"_a = nb::none(), "eps"_a = 1e-5f,
+        nb::kw_only(), "norm"_a = nb::none(), "eps"_a = 1e-5f, "precise"_a = true,
         "x @ W.T returned as column blocks of the given widths.");
+  m.def("qdequant", &qdequant, "packed"_a, "n"_a, "k"_a, "bits"_a,
+        "The packed matrix's rows (all of them, glu pairs interleaved by tile) in float32.");
   m.def("qembed", &qembed, "ids"_a, "packed"_a, "n"_a, "k"_a, "bits"_a,
         "Rows `ids` of the packed matrix, in float32.");
   m.def("packed_bytes", &packed_bytes, "n"_a, "k"_a, "bits"_a);
