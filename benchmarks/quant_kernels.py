@@ -30,7 +30,7 @@ SHAPES = (
 )
 
 
-def best_time(fn, repeats: int) -> float:  # noqa: ANN001
+def best_time(fn, repeats: int) -> float:
     mx.eval(fn())
     best = float("inf")
     for _ in range(repeats):
@@ -67,10 +67,10 @@ def main() -> None:
             mx.eval(dense, packed.data, x)
             if glu:
                 g, u = dense[:n], dense[n:]
-                td = best_time(lambda: (x @ g.T) * (x @ u.T), args.repeats)
+                td = best_time(lambda x=x, g=g, u=u: (x @ g.T) * (x @ u.T), args.repeats)
             else:
-                td = best_time(lambda: x @ dense.T, args.repeats)
-            tq = best_time(lambda: quant.qmatmul(x, packed), args.repeats)
+                td = best_time(lambda x=x, w=dense: x @ w.T, args.repeats)
+            tq = best_time(lambda x=x, p=packed: quant.qmatmul(x, p), args.repeats)
             tot_d += td * calls
             tot_q += tq * calls
             gbs = packed.nbytes / tq / 1e9

@@ -34,7 +34,7 @@ def smollm2(smollm2_gguf: Path):
 
 @pytest.fixture(scope="module", params=["dense", "packed"])
 def smollm2_any(request, smollm2, smollm2_gguf: Path):
-    """Both CPU layouts: dense float32, and the quantized weights on our kernels (model/quant.py)."""
+    """Both CPU layouts: dense float32, and quantized weights on our kernels (model/quant.py)."""
     if request.param == "dense":
         return smollm2
     from entropix_mlx.model import quant

@@ -206,9 +206,7 @@ class TransformerBlock(nn.Module):
         projections = [attn.get("qkv_proj"), attn.o_proj, mlp.get("gate_up_proj"), mlp.down_proj]
         return all(isinstance(p, PackedLinear) for p in projections)
 
-    def _packed(
-        self, x: mx.array, mask: Any, cache: KVCache | None
-    ) -> tuple[mx.array, mx.array]:
+    def _packed(self, x: mx.array, mask: Any, cache: KVCache | None) -> tuple[mx.array, mx.array]:
         """The same block with the norms and the residual sums inside the packed products: four
         operations for the projections of a decode step instead of ~20 (each costs ~5-10 µs)."""
         attn, mlp = self.self_attn, self.mlp

@@ -271,7 +271,9 @@ def _build(ckpt: Checkpoint, layout: str, path: Path) -> tuple[Model, str, int]:
     if qmap:
         nn.quantize(
             model,
-            class_predicate=lambda p, _: p in qmap and {"group_size": qmap[p][0], "bits": qmap[p][1]},
+            class_predicate=lambda p, _: (
+                p in qmap and {"group_size": qmap[p][0], "bits": qmap[p][1]}
+            ),
         )
     _check_names(model, weights, path)
     try:
@@ -291,7 +293,9 @@ def _build(ckpt: Checkpoint, layout: str, path: Path) -> tuple[Model, str, int]:
 def _notice(ckpt: Checkpoint, layout: str, on_gpu: bool) -> str | None:
     """Why a quantized model does not stay quantized on the CPU (one line at start-up)."""
     if ckpt.quant and not on_gpu and layout == "auto" and quant.native() is None:
-        return f"{quant.native_error()}: quantized weights run as dense float32 (slower, more memory)"
+        return (
+            f"{quant.native_error()}: quantized weights run as dense float32 (slower, more memory)"
+        )
     return None
 
 

@@ -18,9 +18,9 @@ from __future__ import annotations
 
 import functools
 import importlib
+from collections.abc import Sequence
 from dataclasses import dataclass
 from types import ModuleType
-from typing import Sequence
 
 import mlx.core as mx
 import mlx.nn as nn
@@ -34,7 +34,7 @@ TILE = 8  # weight rows per tile
 def _load_native() -> ModuleType | str:
     try:
         return importlib.import_module("entropix_mlx.model._qmv")
-    except Exception as err:  # noqa: BLE001 — not built, or built against another MLX: any failure
+    except Exception as err:
         return f"{err}" if isinstance(err, ImportError) else f"{type(err).__name__}: {err}"
 
 
@@ -295,7 +295,9 @@ def _triple(m: Quantized) -> QuantTriple:
 def pack_linear(*modules: Quantized) -> PackedLinear:
     """One quantized linear layer, or several stacked by rows (then `split` returns each's part)."""
     triples = [_triple(m) for m in modules]
-    return pack_linear_from_triples(triples, modules[0].group_size, modules[0].bits, len(modules) > 1)
+    return pack_linear_from_triples(
+        triples, modules[0].group_size, modules[0].bits, len(modules) > 1
+    )
 
 
 def pack_linear_from_triples(
