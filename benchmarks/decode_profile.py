@@ -38,6 +38,7 @@ def main() -> None:
     ap.add_argument("--layout", default="packed", choices=["packed", "dense"])
     ap.add_argument("--context", type=int, default=200)
     ap.add_argument("--repeats", type=int, default=30)
+    ap.add_argument("--sampler", default="entropix")
     args = ap.parse_args()
     model, tokenizer, info = load(args.model, layout=args.layout)
     ids = tokenizer.encode(TEXT * (args.context // 12 + 1))[: args.context]
@@ -66,13 +67,15 @@ def main() -> None:
 
     def step_time() -> float:
         events = list(
-            generate(model, tokenizer, ids, sampler="entropix", max_tokens=33, stop_ids=(), seed=0)
+            generate(
+                model, tokenizer, ids, sampler=args.sampler, max_tokens=33, stop_ids=(), seed=0
+            )
         )
         return (events[-1].elapsed - events[0].elapsed) / (len(events) - 1)
 
     t_step = min(step_time() for _ in range(3))
     print(f"{info.name} · {info.layout} · context {len(ids)} · best of {args.repeats}")
-    print(f"  whole entropix step       {t_step * 1e3:7.2f} ms  ({1 / t_step:.1f} tok/s)")
+    print(f"  whole {args.sampler:<8} step    {t_step * 1e3:7.2f} ms  ({1 / t_step:.1f} tok/s)")
     print(f"  model forward             {t_forward * 1e3:7.2f} ms")
     if products:
         print(f"  {len(products)} packed products    {t_products * 1e3:7.2f} ms (alone, one graph)")
