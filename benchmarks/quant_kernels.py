@@ -11,14 +11,11 @@ from __future__ import annotations
 import argparse
 import time
 
-from entropix_mlx import blas
+# isort: split
+import mlx.core as mx
+import numpy as np
 
-BLAS = blas.preload_blas()
-
-import mlx.core as mx  # noqa: E402
-import numpy as np  # noqa: E402
-
-from entropix_mlx.model import quant  # noqa: E402
+from entropix_mlx.model import backend, quant
 
 # (name, out rows, in cols, bits, calls per token)
 SHAPES = (
@@ -46,7 +43,7 @@ def main() -> None:
     ap.add_argument("--repeats", type=int, default=20)
     args = ap.parse_args()
     mx.set_default_device(mx.cpu)
-    print(f"kernels {quant.native_status()} · BLAS {BLAS}")
+    print(f"kernels {quant.native_status()} · BLAS {backend.blas_status()}")
     rng = np.random.default_rng(0)
     for m in args.rows:
         print(f"\n{m} row(s): µs per call, best of {args.repeats}")
