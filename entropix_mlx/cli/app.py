@@ -220,14 +220,18 @@ def _load(console, model: str | None, *, quiet: bool = False, split: bool = True
     """Load with a spinner naming the model, then (unless `quiet`) `_show_model`'s line. Under
     mlx.launch the ranks connect first, and `split` shares the model across them (tensor
     parallelism)."""
+    from ..model import backend
     from ..model.distributed import shard
     from ..model.load import load
     from ..ui import render as tui
 
     group = _group()
+    # Tensor parallelism splits Linear / QuantizedLinear layers, not the packed CPU kernels' ones.
+    sharded = group is not None and split
+    layout = "dense" if sharded and backend.on_cpu() else "auto"
     with tui.loading(console, model) as progress:
-        loaded = load(model, progress=progress)
-    if group is not None and split:
+        loaded = load(model, layout=layout, progress=progress)
+    if sharded:
         shard(loaded[0], group)
     if not quiet:
         _show_model(console, loaded[2])
