@@ -26,7 +26,9 @@ PROMPT = "The capital of France is"
 
 def probe(spec: str, group, tokens: int) -> dict:
     path, _, layout = spec.partition(":")
-    model, tok, _ = load(path, layout=layout or "auto")
+    # dense by default, as the CLI loads for tensor parallelism on the CPU (shard splits Linear
+    # and QuantizedLinear layers, not the packed kernels' ones)
+    model, tok, _ = load(path, layout=layout or "dense")
     shard(model, group)
     ids = tok.encode(PROMPT, add_special=True)
     cache = model.make_cache()

@@ -120,6 +120,11 @@ def shard(model: Any, group: Group) -> Any:
     size, rank = group.size(), group.rank()
     if size == 1:
         return model
+    if model.packed:
+        raise DistributedError(
+            "cannot split packed (CPU-kernel) layers across ranks; load with layout='dense' "
+            "or 'quantized'"
+        )
     args = model.args
     G, D = args.num_attention_heads // args.num_key_value_heads, args.head_dim
     kv_heads = plan_heads(args.num_attention_heads, args.num_key_value_heads, size)
