@@ -74,12 +74,16 @@ class Summary:
         )
 
 
+# Prompt tokens per model call in prefill. MEASURE
+PREFILL_CHUNK = 512
+
+
 def prefill(
     model: Model,
     ids: Sequence[int],
     cache: list[KVCache],
     *,
-    chunk: int = 512,
+    chunk: int = PREFILL_CHUNK,
     progress: Callable[[int, int], None] | None = None,
 ) -> ModelOutput:
     """Feed the prompt in chunks (bounded memory on long prompts); the last position's output."""
