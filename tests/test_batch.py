@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import math
 from pathlib import Path
 
@@ -9,12 +10,14 @@ import mlx.core as mx
 import numpy as np
 import pytest
 from checkpoints import make_tiny_checkpoint
+from conftest import run_main
 
 from entropix_mlx.engine.batch import Job, decode_jobs, generate_batch, prefill_batch
 from entropix_mlx.engine.generate import generate
 from entropix_mlx.engine.metrics import METRIC_NAMES
 from entropix_mlx.engine.sampler import SamplerConfig
 from entropix_mlx.errors import ContextFullError
+from entropix_mlx.lab.calibrate import collect_samples
 from entropix_mlx.model.cache import BatchKVCache, KVCache
 from entropix_mlx.model.load import load
 
@@ -231,3 +234,60 @@ def test_default_model_rows_of_mixed_lengths_equal_decoding_alone(smollm2_gguf: 
     got = _by_job(generate_batch(model, tok, jobs, batch_size=3))
     for i, job in enumerate(jobs):
         _assert_same(got[i], _alone(model, tok, job), f"job {i}")
+
+
+# ── the commands that decode many prompts ─────────────────────────────────────────────────────
+
+QUESTIONS = [
+    {"id": "sum", "question": "What is two plus two?", "number": 4},
+    {
+        "id": "any",
+        "question": "Say anything at all, at length, about anything you like.",
+        "regex": ".",
+    },
+    {"id": "cap", "question": "Capital of France?", "answer": "Paris"},
+]
+
+
+@pytest.fixture(scope="module")
+def tiny_path(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    return make_tiny_checkpoint(tmp_path_factory.mktemp("tiny-cli") / "tiny-llama")
+
+
+def test_eval_answers_the_same_at_any_batch_size(monkeypatch, capsys, tmp_path, tiny_path) -> None:
+    questions = tmp_path / "q.jsonl"
+    questions.write_text("".join(json.dumps(q) + "\n" for q in QUESTIONS))
+    answers = {}
+    for size in (1, 4):
+        out = tmp_path / f"a{size}.jsonl"
+        args = ["eval", "-q", str(questions), "-s", "greedy,entropix,sample", "-m", str(tiny_path)]
+        args += ["-n", "12", "--jsonl", str(out), "--batch-size", str(size), "--plain"]
+        code, _, err = run_main(monkeypatch, capsys, args)
+        assert code == 0, err
+        lines = [json.loads(line) for line in out.read_text().splitlines()[:-1]]
+        answers[size] = [(a["sampler"], a["id"], a["answer"], a["tokens"]) for a in lines]
+    assert answers[1] == answers[4] and len(answers[1]) == 9
+
+
+def test_run_prints_a_batch_in_prompt_order_as_one_by_one(monkeypatch, capsys, tmp_path, tiny_path):
+    prompts = tmp_path / "p.jsonl"
+    texts = ["Hi", "Tell me a long story about the sea and the wind and the sky.", "Why?"]
+    prompts.write_text("".join(json.dumps({"prompt": t}) + "\n" for t in texts))
+    printed = {}
+    for size in (1, 3):
+        args = ["run", "-f", str(prompts), "-m", str(tiny_path), "-s", "entropix", "-n", "10"]
+        args += ["--seed", "4", "--json", "--batch-size", str(size)]
+        code, out, err = run_main(monkeypatch, capsys, args)
+        assert code == 0, err
+        results = [json.loads(line) for line in out.splitlines()]
+        printed[size] = [(r["prompt"], r["text"], r["summary"]["tokens"]) for r in results]
+    assert printed[1] == printed[3] and [p for p, *_ in printed[3]] == texts
+
+
+def test_calibration_samples_are_the_same_at_any_batch_size(tiny) -> None:
+    model, tok = tiny
+    prompts = [{"prompt": p} for p in ("Why do cats purr?", "Hi", "Name a prime number, please.")]
+    one = collect_samples(model, tok, prompts, max_tokens=6, batch_size=1)
+    three = collect_samples(model, tok, prompts, max_tokens=6, batch_size=3)
+    for name in METRIC_NAMES:
+        np.testing.assert_allclose(three[name], one[name], rtol=1e-4, atol=1e-6)

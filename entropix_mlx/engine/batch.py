@@ -25,6 +25,7 @@ import mlx.core as mx
 import numpy as np
 
 from ..errors import ContextFullError
+from ..model.backend import on_cpu
 from ..model.cache import BatchKVCache
 from ..model.llama import Model, ModelOutput
 from ..tokenize.tokenizer import Tokenizer
@@ -86,6 +87,12 @@ class _Part:
     rows: list[_Row]
     out: ModelOutput
     starts: np.ndarray  # (B,) first valid key slot of each row in `out.scores`
+
+
+def default_batch_size() -> int:
+    """Rows decoded together when the caller does not say: 16 on the CPU (benchmarks/batch.py:
+    the throughput gain flattens past it while per-row latency keeps growing), 32 on a GPU."""
+    return 16 if on_cpu() else 32
 
 
 def _make_row(job_index: int, job: Job, tokenizer: Tokenizer, limit: int) -> _Row:
