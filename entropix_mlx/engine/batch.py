@@ -220,15 +220,16 @@ def generate_batch(
     tokenizer: Tokenizer,
     jobs: Sequence[Job],
     *,
-    batch_size: int = 16,
+    batch_size: int | None = None,
     context_limit: int | None = None,
 ) -> Iterator[BatchEvent]:
     """Decode every job, up to `batch_size` at a time, yielding each token as a `BatchEvent`.
 
     A job's events come in order and are the events `generate` yields for it alone (the same
     tokens; metrics equal up to float32 rounding); different jobs' events interleave step by step.
-    A finished job's slot goes to the next waiting job.
+    A finished job's slot goes to the next waiting job. `batch_size` None: `default_batch_size()`.
     """
+    batch_size = batch_size or default_batch_size()
     if batch_size < 1:
         raise ValueError(f"batch_size={batch_size} must be ≥ 1")
     limit = context_limit or model.args.max_position_embeddings
@@ -287,10 +288,10 @@ def generate_batch(
         parts = []
         if nxt is not None and keep:
             out, starts = nxt
-            index = mx.array(keep)
-            parts.append(
-                _Part(rows, ModelOutput(out.logits[index], out.scores[index]), starts[keep])
-            )
+            if len(keep) < len(going):
+                index = mx.array(keep)
+                out, starts = ModelOutput(out.logits[index], out.scores[index]), starts[keep]
+            parts.append(_Part(rows, out, starts))
 
 
 def _admit(
@@ -312,7 +313,7 @@ def decode_jobs(
     tokenizer: Tokenizer,
     jobs: Sequence[Job],
     *,
-    batch_size: int = 16,
+    batch_size: int | None = None,
     context_limit: int | None = None,
     ordered: bool = True,
 ) -> Iterator[tuple[int, list[TokenEvent]]]:
