@@ -93,6 +93,7 @@ lint: install
 
 bench: install
 	$(PY) benchmarks/decode.py
+	$(PY) benchmarks/batch.py
 
 clean:
 	rm -rf $(VENV) .pytest_cache .hypothesis build entropix_mlx/model/_qmv*.so

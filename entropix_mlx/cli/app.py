@@ -38,6 +38,10 @@ ModelOpt = Annotated[
 MaxTokensOpt = Annotated[
     int, typer.Option("--max-tokens", "-n", min=1, help="Stop after this many tokens.")
 ]
+BatchSizeOpt = Annotated[
+    int | None,
+    typer.Option("--batch-size", min=1, help="Rows at once (16; on GPU 32)."),
+]
 _BASE = SamplerConfig()  # the reference profile: what `--help` quotes for `--sampler sample`
 SAMPLE_MEANS = (
     "`sample` draws with the profile's base parameters, in every command (reference:"

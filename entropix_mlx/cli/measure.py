@@ -11,6 +11,7 @@ import typer
 
 from ..errors import EntropixError
 from .app import (
+    BatchSizeOpt,
     ModelOpt,
     PlainOpt,
     ProfileOpt,
@@ -75,6 +76,7 @@ def calibrate(
     base: Annotated[
         str, typer.Option("--base", help="Profile every other field is copied from.")
     ] = "reference",
+    batch_size: BatchSizeOpt = None,
     plain: PlainOpt = False,
 ) -> None:
     """Write a profile whose thresholds sit at quantiles of the model's own entropy/varentropy.
@@ -92,10 +94,13 @@ def calibrate(
     except ValueError as e:
         _fail(f"--base: {e}")
     _out_path(out, "--out", ".toml")
-    _guard(_calibrate, prompt_file, out, model, max_tokens, q, base_config, plain)
+    _guard(_calibrate, prompt_file, out, model, max_tokens, q, base_config, plain, batch_size)
 
 
-def _calibrate(prompt_file, out, model, max_tokens, quantiles, base, plain) -> None:
+def _calibrate(
+    prompt_file, out, model, max_tokens, quantiles, base, plain, batch_size=None
+) -> None:
+    from ..engine.batch import default_batch_size
     from ..lab.calibrate import (
         calibrate_profile,
         calibration_header,
@@ -112,7 +117,14 @@ def _calibrate(prompt_file, out, model, max_tokens, quantiles, base, plain) -> N
     label = f"calibrating on {len(prompts)} prompts"
     with err.status(label) as status:
         progress = lambda i, n: status.update(f"{label}: {i + 1}/{len(prompts)} done")
-        samples = collect_samples(mdl, tok, prompts, max_tokens=max_tokens, on_answer=progress)
+        samples = collect_samples(
+            mdl,
+            tok,
+            prompts,
+            max_tokens=max_tokens,
+            batch_size=batch_size or default_batch_size(),
+            on_answer=progress,
+        )
     config = calibrate_profile(samples, quantiles, base)
     header = calibration_header(
         model=info.name,
@@ -177,6 +189,7 @@ def eval_(
             help="Write every answer and the summary here.",
         ),
     ] = None,
+    batch_size: BatchSizeOpt = None,
     plain: PlainOpt = False,
 ) -> None:
     """Accuracy [95 % CI], paired Δ vs greedy, tokens, tok/s, strategy mix per sampler.
@@ -194,14 +207,15 @@ def eval_(
     contenders = [Contender.named(n) for n in names]
     if ablate:
         contenders += [Contender.ablation(s) for s in STRATEGIES if s != "argmax"]
-    _guard(_eval, questions, items, contenders, model, options, seeds, jsonl, plain)
+    _guard(_eval, questions, items, contenders, model, options, seeds, jsonl, plain, batch_size)
 
 
-def _eval(path, questions, samplers, model, options, seeds, jsonl, plain) -> None:
+def _eval(path, questions, samplers, model, options, seeds, jsonl, plain, batch_size=None):
     import contextlib
     import dataclasses
     import functools
 
+    from ..engine.batch import default_batch_size
     from ..engine.config import profile_for_model
     from ..engine.records import JsonlWriter
     from ..lab.evaluate import answer_questions, tally
@@ -225,6 +239,7 @@ def _eval(path, questions, samplers, model, options, seeds, jsonl, plain) -> Non
         max_tokens=max_tokens,
         seed=seed,
         seeds=seeds,
+        batch_size=batch_size or default_batch_size(),
     )
     show = lambda a: err.print(tables.answer_line(a), no_wrap=True, overflow="ellipsis")
     if group is None:

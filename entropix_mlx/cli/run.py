@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import contextlib
 import json
+from collections.abc import Iterable, Iterator
 from pathlib import Path
 from typing import Annotated, Any
 
@@ -78,8 +79,19 @@ def run(
             "--plot", help="After each answer, plot entropy and varentropy against the thresholds."
         ),
     ] = False,
+    batch_size: Annotated[
+        int,
+        typer.Option(
+            "--batch-size",
+            min=1,
+            help="Prompts of a .jsonl decoded at once, each printed whole when done (1: stream).",
+        ),
+    ] = 1,
 ) -> None:
-    """Generate an answer for each prompt in a file, each token coloured by its quadrant."""
+    """Generate an answer for each prompt in a file, each token coloured by its quadrant.
+
+    With a .jsonl of prompts and --batch-size N > 1, N prompts decode together and each answer is
+    printed whole, in prompt order, once it and those before it are done (1: tokens stream)."""
     prompts = None if _follower() else _read_prompts(prompt_file, system)  # rank 0 sends them
     options = _options(
         sampler,
@@ -93,7 +105,7 @@ def run(
         min_p=min_p,
         model=model,
     )
-    _guard(_run, prompt_file, prompts, model, raw, jsonl, plain, as_json, options, plot)
+    _guard(_run, prompt_file, prompts, model, raw, jsonl, plain, as_json, options, plot, batch_size)
 
 
 def _read_prompts(path: str, system: str | None) -> list[dict[str, Any]]:
@@ -127,10 +139,24 @@ def _read_prompts(path: str, system: str | None) -> list[dict[str, Any]]:
     return prompts
 
 
-def _run(path, prompts, model, raw, jsonl, plain, as_json, options, plot=False) -> None:
+def _answers(mdl, tok, ids, options, batch_size) -> Iterator[Iterable]:
+    """Each prompt's event stream, in prompt order: streamed one by one, or whole from a batch."""
+    from ..engine.batch import Job, decode_jobs
+    from ..engine.generate import generate
+
+    if batch_size <= 1 or len(ids) <= 1:
+        for prompt_ids in ids:
+            yield generate(mdl, tok, prompt_ids, **options.generate_kwargs())
+        return
+    jobs = [Job(prompt_ids, **options.generate_kwargs()) for prompt_ids in ids]
+    for _, events in decode_jobs(mdl, tok, jobs, batch_size=batch_size):
+        yield events
+
+
+def _run(path, prompts, model, raw, jsonl, plain, as_json, options, plot=False, batch_size=1):
     import mlx.core as mx
 
-    from ..engine.generate import Summary, generate
+    from ..engine.generate import Summary
     from ..engine.records import JsonlWriter, summary_record
     from ..ui import render as tui
 
@@ -155,14 +181,14 @@ def _run(path, prompts, model, raw, jsonl, plain, as_json, options, plot=False) 
         "raw": raw,
         "prompt_count": len(prompts),
     }
+    answers = _answers(mdl, tok, prompt_ids, options, batch_size)
     with JsonlWriter(jsonl) if jsonl else contextlib.nullcontext() as writer:
         for i, item in enumerate(prompts):
             if len(prompts) > 1 and not as_json:
                 out.print(tui.render_header(i + 1, len(prompts), item["prompt"]))
             events: list = []
             try:
-                stream = generate(mdl, tok, prompt_ids[i], **options.generate_kwargs())
-                _stream_answer(stream, events, None if as_json else out, writer)
+                _stream_answer(next(answers), events, None if as_json else out, writer)
             finally:  # a Ctrl-C still leaves the summary of what was generated
                 summary, peak = Summary.from_events(events), mx.get_peak_memory()
                 record = summary_record(

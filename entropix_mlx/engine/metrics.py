@@ -210,6 +210,30 @@ def step_metrics(logits: mx.array, scores: mx.array, layers: str = "all") -> Met
     return Metrics.from_values(metrics_vector(logits, scores, layers)[0].tolist())
 
 
+def row_metrics(
+    logits: mx.array, scores: mx.array, starts: Sequence[int], layers: Sequence[str | None]
+) -> list[Metrics | None]:
+    """Metrics of each row of a batch step: (B, V) logits, (B, layers, H, T) scores.
+
+    Row b's attention statistics read only its own keys, `scores[b, ..., starts[b]:]`: a batch's
+    left padding never enters them. `layers[b]` is the row's `attention_layers`; None skips it.
+    """
+    if mx.default_device().type == mx.cpu:
+        host_logits, host_scores = _on_host(logits), _on_host(scores)
+        return [
+            None if lay is None else host_metrics(host_logits[b], host_scores[b, ..., s:], lay)
+            for b, (s, lay) in enumerate(zip(starts, layers, strict=True))
+        ]
+    return [
+        None
+        if lay is None
+        else Metrics.from_values(
+            metrics_vector(logits[b : b + 1], scores[b : b + 1, ..., s:], lay)[0].tolist()
+        )
+        for b, (s, lay) in enumerate(zip(starts, layers, strict=True))
+    ]
+
+
 def _on_host(x: mx.array) -> np.ndarray:
     """A zero-copy NumPy view (NumPy has no bfloat16, so other dtypes become float32 first)."""
     return np.array(x if x.dtype == mx.float32 else x.astype(mx.float32), copy=False)

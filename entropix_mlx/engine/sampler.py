@@ -94,6 +94,9 @@ def candidates(logits: mx.array, params: SamplingParams) -> tuple[mx.array, mx.a
     ids = None
     if 0 < k < V:
         ids = mx.argpartition(logits, kth=V - k, axis=-1)[..., V - k :]  # (..., k), unordered
+        # In vocabulary order: the draw's noise is per position, and argpartition's order changes
+        # with float32 rounding (a batch row's logits vs the same prompt alone), its set does not.
+        ids = mx.sort(ids, axis=-1)
         logits = mx.take_along_axis(logits, ids, axis=-1)
     x = logits.astype(mx.float32) / params.temperature
     return apply_min_p(apply_top_p(x, params.top_p), params.min_p), ids

@@ -229,23 +229,25 @@ def collect_samples(
     prompts: Sequence[Mapping[str, Any]],
     *,
     max_tokens: int,
+    batch_size: int = 1,
     on_answer: Callable[[int, int], None] | None = None,
 ) -> dict[str, list[float]]:
     """Decode each prompt greedily (chat template) and return every token's metrics by name.
 
+    `batch_size` rows decode together; the samples are the same, in prompt order, whatever it is.
     `on_answer(prompt_index, tokens)` is called after each prompt (progress)."""
-    from ..engine.generate import generate
+    from ..engine.batch import Job, decode_jobs
 
+    jobs = []
+    for item in prompts:
+        messages = chat_messages(item["prompt"], system=item.get("system"))
+        ids = tokenizer.apply_chat_template(messages)
+        jobs.append(Job(ids, sampler="greedy", seed=0, max_tokens=max_tokens))
     samples: dict[str, list[float]] = {name: [] for name in METRIC_NAMES}
-    for i, item in enumerate(prompts):
-        ids = tokenizer.apply_chat_template(
-            chat_messages(item["prompt"], system=item.get("system"))
-        )
-        n = 0
-        for ev in generate(model, tokenizer, ids, sampler="greedy", max_tokens=max_tokens, seed=0):
+    for i, events in decode_jobs(model, tokenizer, jobs, batch_size=batch_size):
+        for ev in events:
             for name, value in ev.metrics.as_dict().items():
                 samples[name].append(value)
-            n += 1
         if on_answer is not None:
-            on_answer(i, n)
+            on_answer(i, len(events))
     return samples

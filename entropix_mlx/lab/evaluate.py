@@ -340,6 +340,7 @@ def answer_questions(
     max_tokens: int,
     seed: int,
     seeds: int = 1,
+    batch_size: int = 1,
     on_answer: Callable[[Answer], None] | None = None,
 ) -> Iterator[Answer]:
     """Each sampler answers every question (chat template), sampler by sampler.
@@ -347,48 +348,48 @@ def answer_questions(
     A stochastic sampler answers each question `seeds` times; answer d of question q uses the
     seed `question_seed(seed, q.id, d)`, so each question has its own reproducible draws.
     Greedy answers once. Every answer gets a new sampler (dslider keeps per-response state).
+    `batch_size` answers decode together (`decode_jobs`): the same answers, in the same order.
     """
-    from ..engine.generate import Summary, generate
+    from ..engine.batch import Job, decode_jobs
+    from ..engine.generate import Summary
     from ..engine.sampler import EntropixSampler, make_sampler
 
     if seeds < 1:
         raise ValueError(f"seeds={seeds!r} must be ≥ 1")
     clarify_ids = tuple(tokenizer.encode(config.clarify_text)) if config.clarify_text else ()
+    ids = {
+        q.id: tokenizer.apply_chat_template(chat_messages(q.question, system=q.system))
+        for q in questions
+    }
+    slots, jobs = [], []
     for contender in samplers:
         c = Contender.named(contender) if isinstance(contender, str) else contender
         for q in questions:
-            ids = tokenizer.apply_chat_template(chat_messages(q.question, system=q.system))
             for draw in range(1 if c.deterministic else seeds):
                 answer_seed = question_seed(seed, q.id, draw)
                 if c.argmax_for:
                     chooser = EntropixSampler(config, clarify_ids, c.argmax_for)
                 else:
                     chooser = make_sampler(c.sampler, config, clarify_ids=clarify_ids)
-                events = list(
-                    generate(
-                        model,
-                        tokenizer,
-                        ids,
-                        sampler=chooser,
-                        max_tokens=max_tokens,
-                        seed=answer_seed,
-                    )
-                )
-                summary = Summary.from_events(events)
-                text = "".join(e.text for e in events).strip()
-                answer = Answer(
-                    question=q,
-                    sampler=c.label,
-                    text=text,
-                    correct=score(text, q),
-                    tokens=len(events),
-                    decode_seconds=events[-1].elapsed if events else 0.0,
-                    finish_reason=summary.finish_reason,
-                    strategies=summary.strategies,
-                    quadrants=summary.quadrants,
-                    draw=draw,
-                    seed=answer_seed,
-                )
-                if on_answer is not None:
-                    on_answer(answer)
-                yield answer
+                slots.append((c, q, draw, answer_seed))
+                jobs.append(Job(ids[q.id], chooser, seed=answer_seed, max_tokens=max_tokens))
+    for i, events in decode_jobs(model, tokenizer, jobs, batch_size=batch_size):
+        c, q, draw, answer_seed = slots[i]
+        summary = Summary.from_events(events)
+        text = "".join(e.text for e in events).strip()
+        answer = Answer(
+            question=q,
+            sampler=c.label,
+            text=text,
+            correct=score(text, q),
+            tokens=len(events),
+            decode_seconds=events[-1].elapsed if events else 0.0,
+            finish_reason=summary.finish_reason,
+            strategies=summary.strategies,
+            quadrants=summary.quadrants,
+            draw=draw,
+            seed=answer_seed,
+        )
+        if on_answer is not None:
+            on_answer(answer)
+        yield answer

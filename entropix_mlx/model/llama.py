@@ -257,7 +257,8 @@ class Model(nn.Module):
         small model's prefill FLOPs).
         """
         h = self.model.embed_tokens(inputs)  # (B, L, dim)
-        mask = "causal" if inputs.shape[1] > 1 else None
+        L = inputs.shape[1]
+        mask = cache[0].make_mask(L) if cache is not None else ("causal" if L > 1 else None)
         layer_caches = cache if cache is not None else [None] * len(self.model.layers)
         rows = []
         for layer, c in zip(self.model.layers, layer_caches):

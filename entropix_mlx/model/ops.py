@@ -73,29 +73,34 @@ def rms_norm(x: mx.array, weight: mx.array, eps: float) -> mx.array:
 _QUERY_BLOCK = 128
 
 
-def attention(q: mx.array, k: mx.array, v: mx.array, scale: float, causal: bool) -> mx.array:
+def attention(q: mx.array, k: mx.array, v: mx.array, scale: float, mask: Any) -> mx.array:
     """softmax(q·kᵀ·scale)·v for (B, H, L, D) queries over (B, Hkv, T, D) keys and values.
 
-    Query heads are grouped per kv head (GQA) without repeating k and v; with `causal`, query i
-    sits at position T - L + i and sees keys up to it.
+    Query heads are grouped per kv head (GQA) without repeating k and v. `mask`: None (all keys),
+    "causal" (query i sits at position T - L + i and sees keys up to it) or a boolean (B, 1, L, T)
+    array (a batch's left padding, see `BatchKVCache.make_mask`).
     """
     B, H, L, D = q.shape
     Hkv, T = k.shape[1], k.shape[2]
-    if causal and L > _QUERY_BLOCK:
+    if mask is not None and L > _QUERY_BLOCK:
         # Each block of queries over only the keys it can see: most of the masked half of the
         # scores, and its exps, is never computed (SmolLM2, a 500-token prompt: 2.36 → 1.81 s).
         blocks = []
         for start in range(0, L, _QUERY_BLOCK):
             end = min(start + _QUERY_BLOCK, L)
             seen = T - L + end  # keys up to this block's last query
+            part = mask if isinstance(mask, str) else mask[:, :, start:end, :seen]
             blocks.append(
-                attention(q[:, :, start:end], k[:, :, :seen], v[:, :, :seen], scale, True)
+                attention(q[:, :, start:end], k[:, :, :seen], v[:, :, :seen], scale, part)
             )
         return mx.concatenate(blocks, axis=2)
     scores = (q * scale).reshape(B, Hkv, H // Hkv * L, D) @ k.swapaxes(-1, -2)  # (B, Hkv, G·L, T)
-    if causal:
-        visible = mx.arange(T)[None] <= mx.arange(T - L, T)[:, None]  # (L, T)
-        scores = mx.where(visible, scores.reshape(B, Hkv, -1, L, T), -mx.inf).reshape(B, Hkv, -1, T)
+    if mask is not None:
+        if isinstance(mask, str):
+            mask = mx.arange(T)[None] <= mx.arange(T - L, T)[:, None]  # (L, T)
+        else:
+            mask = mask[:, :, None]  # (B, 1, 1, L, T): the same for every head
+        scores = mx.where(mask, scores.reshape(B, Hkv, -1, L, T), -mx.inf).reshape(B, Hkv, -1, T)
     return (softmax(scores) @ v).reshape(B, H, L, D)
 
 
@@ -117,8 +122,13 @@ class FusedOps:
     def swiglu(self, gate: mx.array, up: mx.array) -> mx.array:
         return nn.silu(gate) * up
 
-    def rope(self, x: mx.array, offset: int) -> mx.array:
-        """Non-traditional RoPE of (B, H, L, D) `x` at positions offset, offset + 1, ..."""
+    def rope(self, x: mx.array, offset: int | np.ndarray) -> mx.array:
+        """Non-traditional RoPE of (B, H, L, D) `x` at positions offset, offset + 1, ...
+
+        `offset` is an int, or one per row (B,) (`BatchKVCache.positions`).
+        """
+        if isinstance(offset, np.ndarray):
+            offset = mx.array(offset)
         return mx.fast.rope(
             x,
             self.head_dim,
@@ -138,7 +148,7 @@ class FusedOps:
         q = q.reshape(B, L, H, D).transpose(0, 2, 1, 3)  # (B, H, L, D)
         k = k.reshape(B, L, Hkv, D).transpose(0, 2, 1, 3)  # (B, Hkv, L, D)
         v = v.reshape(B, L, Hkv, D).transpose(0, 2, 1, 3)  # (B, Hkv, L, D)
-        offset = cache.offset if cache is not None else 0
+        offset = cache.positions if cache is not None else 0
         q, k = self.rope(q, offset), self.rope(k, offset)
         if cache is not None:
             k, v = cache.update_and_fetch(k, v)  # (B, Hkv, T, D), valid positions only
@@ -175,7 +185,7 @@ class CpuOps(FusedOps):
         return swiglu(gate, up)
 
     def attend(self, q: mx.array, k: mx.array, v: mx.array, mask: Any) -> mx.array:
-        return attention(q, k, v, self.scale, causal=mask is not None)
+        return attention(q, k, v, self.scale, mask)
 
     def attention(
         self, q: mx.array, k: mx.array, v: mx.array, mask: Any, cache: Any
@@ -184,29 +194,35 @@ class CpuOps(FusedOps):
         if cache is None or L != 1:
             return super().attention(q, k, v, mask, cache)
         H, Hkv, D = self.n_heads, self.n_kv_heads, self.head_dim
-        rot_q, rot_k = self.rotations(cache.offset, q.dtype)
+        rot_q, rot_k = self.rotations(cache.positions, q.dtype)
         q = q.reshape(B, Hkv, H // Hkv, D) @ rot_q  # rotated, and scaled by 1/√D
         k = k.reshape(B, Hkv, 1, D) @ rot_k
         k, v = cache.update_and_fetch(k, v.reshape(B, Hkv, 1, D))  # (B, Hkv, T, D)
         scores = q @ k.swapaxes(-1, -2)  # (B, Hkv, G, T): what the metrics read, and the attention
+        if mask is not None:  # (B, 1, 1, T): a batch's left padding
+            scores = mx.where(mask, scores, -mx.inf)
         out = softmax(scores) @ v  # (B, Hkv, G, D)
         return out.reshape(B, 1, H * D), scores.reshape(B, H, -1)
 
-    def rotations(self, position: int, dtype: mx.Dtype) -> tuple[mx.array, mx.array]:
+    def rotations(self, position: int | np.ndarray, dtype: mx.Dtype) -> tuple[mx.array, mx.array]:
         """RoPE at `position` as `x @ R` for queries (times 1/√D) and keys; angles in float64.
 
-        Every layer asks for the same position in a step: the matrices are built for the first
-        and reused (one entry, so nothing accumulates).
+        (D, D) matrices, or (B, 1, D, D) for one position per row. Every layer asks for the same
+        positions in a step: the matrices are built for the first and reused (one entry).
         """
-        key = (position, dtype)
+        per_row = isinstance(position, np.ndarray)
+        key = (tuple(position.tolist()) if per_row else position, dtype)
         if self._rotation is None or self._rotation[0] != key:
-            angles = position / self._periods64
+            angles = np.asarray(position, dtype=np.float64)[..., None] / self._periods64  # (…, n)
             cos, sin = np.cos(angles), np.sin(angles)
-            n = len(angles)
+            n = angles.shape[-1]
             i = np.arange(n)
-            rot = np.zeros((2 * n, 2 * n))
-            rot[i, i] = rot[i + n, i + n] = cos  # x @ rot = [x₁·cos − x₂·sin, x₂·cos + x₁·sin]
-            rot[i + n, i], rot[i, i + n] = -sin, sin
+            rot = np.zeros((*angles.shape[:-1], 2 * n, 2 * n))
+            # x @ rot = [x₁·cos − x₂·sin, x₂·cos + x₁·sin]
+            rot[..., i, i] = rot[..., i + n, i + n] = cos
+            rot[..., i + n, i], rot[..., i, i + n] = -sin, sin
+            if per_row:
+                rot = rot[:, None]  # (B, 1, D, D): the same for every head
             matrices = mx.array(rot * self.scale, dtype=dtype), mx.array(rot, dtype=dtype)
             self._rotation = (key, matrices)
         return self._rotation[1]
