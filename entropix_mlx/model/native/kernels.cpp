@@ -6,6 +6,7 @@
 
 #include <algorithm>
 #include <atomic>
+#include <condition_variable>
 #include <chrono>
 #include <cmath>
 #include <cstdlib>
@@ -317,7 +318,7 @@ int env_int(const char* name, int fallback) {
 }
 
 // Workers spin for a while after each job (ENTROPIX_QMV_SPIN_US, default 200 µs), then sleep on
-// a futex until the next one. The job counter packs (job id << 32 | next index), so a worker
+// a condition variable until the next one. The job counter packs (job id << 32 | next index), so a worker
 // that wakes late can never take an index of a job that is over.
 class Pool {
  public:
@@ -328,7 +329,7 @@ class Pool {
   ~Pool() {
     stop_.store(true);
     epoch_.fetch_add(1);
-    epoch_.notify_all();
+    wake();
     for (auto& t : workers_) t.join();
   }
 
@@ -347,7 +348,7 @@ class Pool {
     const uint64_t job = (state_.load(std::memory_order_relaxed) >> 32) + 1;
     state_.store(job << 32, std::memory_order_seq_cst);
     epoch_.fetch_add(1, std::memory_order_seq_cst);
-    if (sleepers_.load(std::memory_order_seq_cst) > 0) epoch_.notify_all();
+    if (sleepers_.load(std::memory_order_seq_cst) > 0) wake();
     work(job);
     while (done_.load(std::memory_order_acquire) < n) pause();
   }
@@ -373,12 +374,14 @@ class Pool {
     while (true) {
       auto start = std::chrono::steady_clock::now();
       int spins = 0;
-      while (epoch_.load(std::memory_order_acquire) == seen) {
+      // stop_ too: a worker that starts after its pool is already being destroyed sees no new epoch.
+      while (epoch_.load(std::memory_order_acquire) == seen && !stop_.load()) {
         pause();
         if (++spins % 64 == 0 &&
             std::chrono::steady_clock::now() - start > std::chrono::microseconds(spin_us_)) {
+          std::unique_lock<std::mutex> lock(sleep_mutex_);
           sleepers_.fetch_add(1, std::memory_order_seq_cst);
-          if (epoch_.load(std::memory_order_seq_cst) == seen) epoch_.wait(seen);
+          sleep_.wait(lock, [&] { return epoch_.load(std::memory_order_seq_cst) != seen || stop_.load(); });
           sleepers_.fetch_sub(1, std::memory_order_seq_cst);
         }
       }
@@ -388,8 +391,16 @@ class Pool {
     }
   }
 
+  // The epoch moved before this: a sleeper either saw it under the lock or is waiting and is woken.
+  void wake() {
+    { std::lock_guard<std::mutex> lock(sleep_mutex_); }
+    sleep_.notify_all();
+  }
+
   const int spin_us_;
   std::mutex run_mutex_;
+  std::mutex sleep_mutex_;
+  std::condition_variable sleep_;
   std::vector<std::thread> workers_;
   std::atomic<uint64_t> state_{0};
   std::atomic<uint32_t> epoch_{0};
