@@ -18,6 +18,7 @@ from entropix_mlx.engine.metrics import METRIC_NAMES
 from entropix_mlx.engine.sampler import SamplerConfig
 from entropix_mlx.errors import ContextFullError
 from entropix_mlx.lab.calibrate import collect_samples
+from entropix_mlx.model import quant
 from entropix_mlx.model.cache import BatchKVCache, KVCache
 from entropix_mlx.model.load import load
 
@@ -57,7 +58,7 @@ def _alone(model, tok, job: Job) -> list:
     )
 
 
-def _assert_same(batched: list, alone: list, where: str) -> None:
+def _assert_same(batched: list, alone: list, where: str, rel: float = 1e-4) -> None:
     assert [e.token_id for e in batched] == [e.token_id for e in alone], where
     assert [e.text for e in batched] == [e.text for e in alone], where
     assert [e.finish_reason for e in batched] == [e.finish_reason for e in alone], where
@@ -68,9 +69,9 @@ def _assert_same(batched: list, alone: list, where: str) -> None:
         assert a.params == b.params or a.strategy in ("adaptive", "explore", "resample", "clarify")
         for name in METRIC_NAMES:
             x, y = getattr(a.metrics, name), getattr(b.metrics, name)
-            assert x == pytest.approx(y, rel=1e-4, abs=1e-6), f"{where} {name} at {a.index}"
+            assert x == pytest.approx(y, rel=rel, abs=rel / 100), f"{where} {name} at {a.index}"
         if not math.isnan(b.logprob):
-            assert a.logprob == pytest.approx(b.logprob, rel=1e-4, abs=1e-5), where
+            assert a.logprob == pytest.approx(b.logprob, rel=rel, abs=rel / 10), where
 
 
 def _by_job(items) -> dict[int, list]:
@@ -214,9 +215,17 @@ def test_batch_cache_filter_and_extend_keep_each_rows_keys() -> None:
     assert cache.keys is None and cache.offset == 0
 
 
+# Packed weights quantize each activation row to int8: a difference of 1e-7 in a row's input (a
+# padded batch's attention sums in another order) can move a value across a rounding step, which
+# moves the logits by up to ~1e-3; the tokens stay the same.
 @pytest.mark.slow
-def test_default_model_rows_of_mixed_lengths_equal_decoding_alone(smollm2_gguf: Path) -> None:
-    model, tok, _ = load(smollm2_gguf)
+@pytest.mark.parametrize("layout, rel", [("dense", 1e-4), ("packed", 2e-3)])
+def test_default_model_rows_of_mixed_lengths_equal_decoding_alone(
+    smollm2_gguf: Path, layout: str, rel: float
+) -> None:
+    if layout == "packed" and quant.native() is None:
+        pytest.skip(f"the packed kernels are not built: {quant.native_error()}")
+    model, tok, _ = load(smollm2_gguf, layout=layout)
     prompts = [
         "What is 2 + 2?",
         "Write a haiku about the sea, then explain in one sentence why it is a haiku. " * 3,
@@ -233,7 +242,7 @@ def test_default_model_rows_of_mixed_lengths_equal_decoding_alone(smollm2_gguf: 
     ]
     got = _by_job(generate_batch(model, tok, jobs, batch_size=3))
     for i, job in enumerate(jobs):
-        _assert_same(got[i], _alone(model, tok, job), f"job {i}")
+        _assert_same(got[i], _alone(model, tok, job), f"{layout} job {i}", rel)
 
 
 # ── the commands that decode many prompts ─────────────────────────────────────────────────────

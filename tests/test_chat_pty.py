@@ -230,14 +230,15 @@ def test_chat_keeps_everything_and_resumes(smollm2_gguf: Path, tmp_path: Path) -
         )
         term.send("/stats", "Enter")
         term.wait(lambda s: "2 answers" in s.split("/stats")[-1], 10, "/stats after the kill")
-        # The input history outlives the killed chat (prompt_toolkit loads it in the background:
-        # press Up until the newest line shows, then once more for the killed chat's last one).
-        end = time.monotonic() + 10
-        while not term.screen().rstrip().endswith("› /stats") and time.monotonic() < end:
+        # The input history outlives the killed chat: the file has its last line, and Up reaches
+        # it (prompt_toolkit loads the file in the background: press Up until it shows).
+        story = "Write a long story about a dragon who learns to bake bread."
+        assert f"+{story}" in store.history_file().read_text().splitlines(), "the history file"
+        end = time.monotonic() + 15
+        while not term.screen().rstrip().endswith(story) and time.monotonic() < end:
             term.send("Up")
-            time.sleep(0.3)
-        term.send("Up")
-        term.wait(lambda s: s.rstrip().endswith("learns to bake bread."), 10, "the history")
+            time.sleep(0.5)
+        term.wait(lambda s: s.rstrip().endswith(story), 1, "the killed chat's line in the history")
         term.send("C-u", "Say", "M-Enter", "hi", "Enter")  # Alt-Enter: a new line, not send
         term.wait(
             lambda s: "2 answers" in s and len(summaries(s)) >= 1, 40, "the Alt-Enter message"

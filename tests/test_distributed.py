@@ -11,6 +11,7 @@ from __future__ import annotations
 import json
 import os
 import pickle
+import re
 import socket
 import subprocess
 import sys
@@ -226,9 +227,12 @@ def test_chat_under_launch_answers_like_one_process(tiny) -> None:
     stdin = "hello\n/seed 5\nhi again\n/exit\n"
     two, one = launch(args, stdin=stdin), alone(args, stdin=stdin)
     assert two.returncode == 0, two.stderr
-    # Timings differ, and so does the session file's timestamped name ("kept in …").
-    timing = ("loaded in", "tok/s", "hit --max-tokens", "kept in")  # (a summary line may wrap)
-    answers = lambda out: [line for line in out.splitlines() if not any(t in line for t in timing)]
+    # Timings differ, and so does the session file's timestamped name (which may wrap).
+    timing = ("loaded in", "tok/s", "hit --max-tokens")  # (a summary line may wrap)
+    kept = re.compile(r"kept in [\s\S]*?\.jsonl")
+    answers = lambda out: [
+        line for line in kept.sub("", out).splitlines() if not any(t in line for t in timing)
+    ]
     assert answers(two.stdout) == answers(one.stdout)
     assert two.stdout.count("› hello") == 1  # one rank draws
 

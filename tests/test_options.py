@@ -212,11 +212,11 @@ def test_eval_passes_its_options_down(monkeypatch, capsys, tiny_path: Path, tmp_
     questions = tmp_path / "q.jsonl"
     questions.write_text('{"question": "2+2?", "number": 4}\n')
     args = ["eval", "-q", str(questions), "-m", str(tiny_path), "-s", "sample,greedy", "-n", "5"]
-    code, _, err = run_main(monkeypatch, capsys, args)
+    code, _, err = run_main(monkeypatch, capsys, [*args, "--batch-size", "3"])
     assert code == 0, err
     (call,) = answer.calls
     assert [c.sampler for c in call.pop("samplers")] == ["sample", "greedy"]
-    assert call == {"config": REFERENCE, "max_tokens": 5, "seed": 0, "seeds": 1}
+    assert call == {"config": REFERENCE, "max_tokens": 5, "seed": 0, "seeds": 1, "batch_size": 3}
     # No params: `sample` is built from the config, so it draws with BASE as in every command.
     assert make_sampler("sample", call["config"]).params == BASE
 
