@@ -3,10 +3,12 @@
 Every row is a different shipped calibration prompt (chat template, so lengths differ) and decodes
 exactly `--tokens` tokens (no stop ids), so each batch size does the same work per row. Reported:
 decode tokens/s of all rows together (first token to last), end-to-end tokens/s including the
-batched prefill, the ratio to batch 1, and the peak MLX memory. mlx-lm's `BatchGenerator` (what
-`batch_generate` runs) decodes the same prompts greedily on the same tensors.
+batched prefill, the ratio to batch 1, and the peak MLX memory. Ours runs in each `--layouts`
+(default: what `load` picks here, and dense float32 if that is another). mlx-lm's `BatchGenerator`
+(what `batch_generate` runs) decodes the same prompts greedily on the dense tensors.
 
-    python benchmarks/batch.py [--model M] [--tokens 64] [--sizes 1,4,8,16,32] [--repeats 1]
+    python benchmarks/batch.py [--model M] [--tokens 64] [--sizes 1,4,8,16,32] [--repeats 2]
+        [--layouts auto,dense]
 """
 
 from __future__ import annotations
@@ -73,23 +75,31 @@ def main() -> None:
     ap.add_argument("--sizes", default="1,4,8,16,32")
     ap.add_argument("--repeats", type=int, default=2)
     ap.add_argument("--no-mlx-lm", action="store_true")
+    ap.add_argument("--layouts", default="auto,dense", help="ours in each of these (load's names)")
     args = ap.parse_args()
 
-    model, tokenizer, info = load(args.model)
+    models = {}
+    for layout in args.layouts.split(","):
+        model, tokenizer, info = load(args.model, layout=layout)
+        models.setdefault(info.layout.split()[0], model)  # auto may be dense
     sizes = [int(s) for s in args.sizes.split(",")]
     engines = {
-        "ours greedy": lambda ids: bench_ours(model, tokenizer, ids, args.tokens, "greedy"),
-        "ours entropix": lambda ids: bench_ours(model, tokenizer, ids, args.tokens, "entropix"),
+        f"ours {layout} {sampler}": lambda ids, m=model, s=sampler: bench_ours(
+            m, tokenizer, ids, args.tokens, s
+        )
+        for layout, model in models.items()
+        for sampler in ("greedy", "entropix")
     }
     if not args.no_mlx_lm:
         from decode import mlx_lm_model  # benchmarks/decode.py: mlx-lm's Llama on our tensors
 
-        theirs = mlx_lm_model(model)
+        theirs = mlx_lm_model(models.get("dense") or load(args.model, layout="dense")[0])
         engines["mlx-lm batch_generate"] = lambda ids: bench_mlx_lm(theirs, ids, args.tokens)
-    print(f"model {info.name} · our layout {info.layout} · device {info.device}")
+    print(f"model {info.name} · our layouts {', '.join(models)} · device {info.device}")
     print(f"BLAS {entropix_mlx.model.backend.blas_status()}")
     print(f"{args.tokens} tokens per row (no stop), best of {args.repeats}")
-    bench_ours(model, tokenizer, prompts(tokenizer, 2), 4, "greedy")  # warm-up
+    for model in models.values():
+        bench_ours(model, tokenizer, prompts(tokenizer, 2), 4, "greedy")  # warm-up
     best: dict[tuple[str, int], tuple] = {}
     for r in range(args.repeats):  # alternate the order, so a changing machine load favours none
         for B in sizes if r % 2 == 0 else sizes[::-1]:
@@ -100,7 +110,7 @@ def main() -> None:
                 if old is None or decode > old[0]:
                     best[(name, B)] = (decode, total, peak)
     print(
-        f"{'engine':<24}{'batch':>6}{'decode tok/s':>14}{'× batch 1':>11}{'with prefill':>14}"
+        f"{'engine':<26}{'batch':>6}{'decode tok/s':>14}{'× batch 1':>11}{'with prefill':>14}"
         f"{'peak MB':>9}"
     )
     for name in engines:
@@ -108,7 +118,7 @@ def main() -> None:
         for B in sizes:
             decode, total, peak = best[(name, B)]
             print(
-                f"{name:<24}{B:>6}{decode:>14.1f}{decode / base:>11.2f}{total:>14.1f}"
+                f"{name:<26}{B:>6}{decode:>14.1f}{decode / base:>11.2f}{total:>14.1f}"
                 f"{peak / 2**20:>9.0f}"
             )
 

@@ -11,6 +11,7 @@ from dataclasses import dataclass, field
 import mlx.core as mx
 
 from ..errors import ContextFullError
+from ..model import backend
 from ..model.cache import KVCache
 from ..model.llama import Model, ModelOutput
 from ..tokenize.tokenizer import Tokenizer
@@ -81,6 +82,10 @@ class Summary:
 # activations stay ~20 MB (prompt attention runs in 128-query blocks), so 512 it is.
 PREFILL_CHUNK = 512
 
+# A prompt of this many tokens leaves its activations in MLX's buffer cache and glibc's heap; give
+# them back (default model, packed, 500-token prompt: RSS 261 -> 168 MiB for ~28 ms once).
+RELEASE_AFTER_PROMPT = 256
+
 
 def prefill(
     model: Model,
@@ -101,6 +106,8 @@ def prefill(
             mx.eval(out.logits, out.scores)
         if progress is not None:
             progress(min(start + chunk, len(ids)), len(ids))
+    if len(ids) >= RELEASE_AFTER_PROMPT:
+        backend.release_memory()
     return out
 
 
