@@ -7,8 +7,8 @@ quantized weights directly, with AVX2 and both cores, activations quantized to i
 in two levels (x ≈ d·q + d2·q2): one level, as llama.cpp does, moved the default model's logits by
 up to 1.8 and flipped greedy tokens at gaps up to 0.3; two levels keep them within 0.008 of dense
 float32 for ~1.5x the integer arithmetic, which decoding (bound by reading the weights) hides.
-Products of many rows (long prompts) dequantize the layer's weights to float32 and use BLAS
-instead: exactly the dense layout's numbers, and faster there, without keeping a dense copy.
+Prompts (16+ positions per sequence) dequantize the layer's weights to float32 and use BLAS
+instead: exactly the dense layout's numbers, and as fast, without keeping a dense copy.
 
 Any affine 4-/8-bit weight (MLX `quantize` output with group size 32, 64 or 128; GGUF Q4_0, Q4_1
 and Q8_0 as MLX loads them) is repacked once at load: rows in tiles of 8, interleaved 4 bytes at a
@@ -200,12 +200,14 @@ def qembed(ids: mx.array, w: Packed) -> mx.array:
 
 # ---------------------------------------------------------------------------- modules
 
-# Products with at least this many rows (long prompts) dequantize the weights to float32 and go to
-# BLAS: the dense layout's exact numbers. Dequantizing costs a pass over all the weights per call,
-# so the kernel wins below: measured on the default model (2 cores, AVX2), prefill 456 vs 402
-# tok/s at 128 tokens and 363 vs 389 at 256; a decode step of 16 rows 230 vs 83 tok/s, 64 rows 255
-# vs 163. Decoding, batched or not, stays on the kernel.
-DENSE_FROM_ROWS = 192
+# Products over at least this many positions per sequence (prompts) dequantize the weights to
+# float32 and go to BLAS: the dense layout's exact numbers. One-token steps stay on the kernel at
+# any batch size: dequantizing costs a pass over all the weights per call, which made a 16-row
+# decode step 2.8x slower (83 vs 230 tok/s, default model, 2 cores). Counting positions per
+# sequence, not rows, keeps a prompt on the same path alone and in a padded batch (batched eval
+# answers as one by one); the kernel would be faster for prompts under ~192 tokens (prefill 456 vs
+# 402 tok/s at 128 tokens), but a prompt would then change paths with its batch's padding.
+DENSE_FROM_ROWS = 16
 
 
 def _dense_product(
@@ -223,7 +225,7 @@ def _dense_product(
 
 
 def _many_rows(x: mx.array) -> bool:
-    return x.size // x.shape[-1] >= DENSE_FROM_ROWS
+    return x.ndim >= 2 and x.shape[-2] >= DENSE_FROM_ROWS
 
 
 class PackedLinear(nn.Module):
