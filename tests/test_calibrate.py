@@ -193,13 +193,22 @@ def test_shipped_smollm2_profile() -> None:
     n = len(load_prompts(prompts))
     assert "entropix_mlx/lab/data/calibration_prompts.jsonl" in text and f"({n} prompts," in text
     assert f"calibrated for {SMOLLM2} by `entropix calibrate`" in text
+    assert "models" not in tomllib.loads(text)  # `auto` picks the tuned one
+
+
+def test_shipped_tuned_profile_says_how_it_was_made() -> None:
+    text = (PACKAGE / "engine" / "profiles" / "smollm2-tuned.toml").read_text()
     assert tomllib.loads(text)["models"] == [SMOLLM2]
+    assert f"tuned for {SMOLLM2} by `entropix tune`" in text
+    assert "Dev set: entropix_mlx/lab/data/dev.jsonl" in text and "Search space" in text
+    cfg = load_profile("smollm2-tuned")
+    assert cfg.profile == "smollm2-tuned" and cfg.temperature < SamplerConfig().temperature
 
 
-def test_auto_picks_the_calibrated_profile_of_the_model() -> None:
+def test_auto_picks_the_tuned_profile_of_the_model() -> None:
     for name in (SMOLLM2, SMOLLM2 + ".gguf", SMOLLM2.lower()):
-        assert profile_for_model(name) == "smollm2"
-        assert load_profile("auto", model=name).profile == "smollm2"
+        assert profile_for_model(name) == "smollm2-tuned"
+        assert load_profile("auto", model=name).profile == "smollm2-tuned"
     for other in ("SmolLM2-360M-Instruct.Q4_1", "Llama-3.2-1B-Instruct", "tiny-llama"):
         assert profile_for_model(other) == "reference"
         assert load_profile("auto", model=other) == SamplerConfig()
@@ -208,7 +217,7 @@ def test_auto_picks_the_calibrated_profile_of_the_model() -> None:
 
 
 def test_unknown_profile_lists_the_calibrated_ones() -> None:
-    with pytest.raises(ValueError, match=r"'nope'.*\(reference\).*\(smollm2\).*auto"):
+    with pytest.raises(ValueError, match=r"'nope'.*reference, smollm2-tuned, smollm2, auto"):
         load_profile("nope")
 
 
@@ -305,12 +314,11 @@ def test_help_fits_one_screen(monkeypatch, capsys) -> None:
 def test_the_active_profile_is_shown(monkeypatch, capsys, tmp_path: Path, tiny_path: Path) -> None:
     from entropix_mlx.ui.render import render_profile
 
-    hint = render_profile("entropix", SamplerConfig(), "smollm2").plain
+    hint = render_profile("entropix", SamplerConfig(), "smollm2-tuned").plain
     assert hint.startswith("sampler entropix · profile reference · H 0.10/3.00/5.00 bits")
-    assert hint.endswith("calibrated for this model: --profile smollm2")
-    assert (
-        "calibrated for" not in render_profile("greedy", load_profile("smollm2"), "smollm2").plain
-    )
+    assert hint.endswith("made for this model: --profile smollm2-tuned")
+    tuned = load_profile("smollm2-tuned")
+    assert "made for" not in render_profile("greedy", tuned, "smollm2-tuned").plain
     prompt = tmp_path / "p.txt"
     prompt.write_text("hi\n")
     args = ["run", "-f", str(prompt), "-m", str(tiny_path), "-n", "2", "--profile", "auto"]
@@ -319,10 +327,8 @@ def test_the_active_profile_is_shown(monkeypatch, capsys, tmp_path: Path, tiny_p
 
 
 @pytest.mark.slow
-def test_auto_finds_smollm2_for_the_default_model(monkeypatch, capsys, tmp_path: Path) -> None:
+def test_auto_is_the_default_and_finds_the_tuned_profile(monkeypatch, capsys, tmp_path) -> None:
     prompt = tmp_path / "p.txt"
     prompt.write_text("hi\n")
-    code, _, err = run_main(
-        monkeypatch, capsys, ["run", "-f", str(prompt), "-n", "2", "--profile", "auto"]
-    )
-    assert code == 0 and "profile smollm2 · H 0.45/2.64/4.37 bits · V 1.81/11.18 bits²" in err
+    code, _, err = run_main(monkeypatch, capsys, ["run", "-f", str(prompt), "-n", "2"])
+    assert code == 0 and "profile smollm2-tuned · H 0.10/3.00/5.00 bits" in err

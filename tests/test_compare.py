@@ -170,7 +170,7 @@ def test_compare_same_decoder_twice_agrees_and_plots(tiny_path: Path) -> None:
 
 @pytest.mark.parametrize(
     ("folder", "profile"),
-    [("SmolLM2-135M-Instruct.Q4_1", "smollm2"), ("tiny-llama", "reference")],
+    [("SmolLM2-135M-Instruct.Q4_1", "smollm2-tuned"), ("tiny-llama", "reference")],
 )
 def test_profile_auto_follows_the_chosen_model(
     tmp_path: Path, tiny_path: Path, folder: str, profile: str

@@ -444,7 +444,7 @@ def test_profile_from_a_toml_path(tmp_path: Path) -> None:
     path.write_text("top_p = \n")
     with pytest.raises(ValueError, match=r"smollm2\.toml: not valid TOML"):
         load_profile(str(path))
-    with pytest.raises(ValueError, match=r"'nope'.*\(reference\)"):
+    with pytest.raises(ValueError, match=r"'nope' is none of: reference, "):
         load_profile("nope")
 
 

@@ -62,8 +62,8 @@ ProfileOpt = Annotated[
     typer.Option(
         "--profile",
         help=(
-            "Sampler thresholds: reference (the spec's), auto (calibrated for the model, else"
-            " reference), a name (smollm2) or a TOML path."
+            "Sampler profile: auto (the model's own, else reference), reference (the spec's),"
+            " a packaged name (smollm2-tuned) or a TOML path."
         ),
     ),
 ]
@@ -132,7 +132,7 @@ def _options(
     *,
     max_tokens: int,
     seed: int | None,
-    profile: str = "reference",
+    profile: str = "auto",
     overrides: list[str] | None = None,
     temp: float | None = None,
     top_k: int | None = None,

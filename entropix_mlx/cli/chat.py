@@ -64,7 +64,7 @@ def chat(
     max_tokens: MaxTokensOpt = 512,
     sampler: SamplerOpt = "entropix",
     seed: SeedOpt = None,
-    profile: ProfileOpt = "reference",
+    profile: ProfileOpt = "auto",
     set_: SetOpt = None,
     temp: TempOpt = None,
     top_k: TopKOpt = None,

@@ -61,7 +61,7 @@ def compare(
     model: ModelOpt = None,
     max_tokens: MaxTokensOpt = 128,
     seed: SeedOpt = None,
-    profile: ProfileOpt = "reference",
+    profile: ProfileOpt = "auto",
     set_: SetOpt = None,
     temp: TempOpt = None,
     top_p: TopPOpt = None,

@@ -180,7 +180,7 @@ def eval_(
         bool,
         typer.Option("--ablate", help="Also entropix with each strategy set to argmax."),
     ] = False,
-    profile: ProfileOpt = "reference",
+    profile: ProfileOpt = "auto",
     jsonl: Annotated[
         Path | None,
         typer.Option(
@@ -317,6 +317,7 @@ def tune(
         str, typer.Option("--base", help="Profile the unsearched fields come from.")
     ] = "reference",
     plain: PlainOpt = False,
+    batch_size: BatchSizeOpt = None,
 ) -> None:
     """Search ≤ 8 Entropix fields on the dev set (random search + successive halving), write the
     best profile, then report it on the held-out set against greedy with a paired CI."""
@@ -344,13 +345,28 @@ def tune(
         seed,
         base_config,
         plain,
+        batch_size,
     )
     _guard(_tune, *run)
 
 
-def _tune(out, model, dev_path, dev, heldout, budget, seeds, max_tokens, seed, base, plain) -> None:
+def _tune(
+    out,
+    model,
+    dev_path,
+    dev,
+    heldout,
+    budget,
+    seeds,
+    max_tokens,
+    seed,
+    base,
+    plain,
+    batch_size=None,
+) -> None:
     import time
 
+    from ..engine.batch import default_batch_size
     from ..lab.calibrate import render_profile_toml
     from ..lab.evaluate import Contender, answer_questions, question_scores, tally
     from ..lab.parallel import answer_shared
@@ -374,6 +390,7 @@ def _tune(out, model, dev_path, dev, heldout, budget, seeds, max_tokens, seed, b
             max_tokens=max_tokens,
             seed=seed,
             seeds=seeds,
+            batch_size=batch_size or default_batch_size(),
         )
         return list(ask(questions) if group is None else answer_shared(ask, questions, group))
 

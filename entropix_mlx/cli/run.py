@@ -52,7 +52,7 @@ def run(
     max_tokens: MaxTokensOpt = 256,
     sampler: SamplerOpt = "entropix",
     seed: SeedOpt = None,
-    profile: ProfileOpt = "reference",
+    profile: ProfileOpt = "auto",
     set_: SetOpt = None,
     temp: TempOpt = None,
     top_k: TopKOpt = None,

@@ -59,7 +59,7 @@ def serve(
     host: HostOpt = "127.0.0.1",
     port: PortOpt = 8080,
     sampler: SamplerOpt = "entropix",
-    profile: ProfileOpt = "reference",
+    profile: ProfileOpt = "auto",
     set_: SetOpt = None,
     max_tokens: ServeMaxTokensOpt = 512,
     queue: QueueOpt = 8,

@@ -219,8 +219,8 @@ def profile_for_model(model: str) -> str:
 
 
 def load_profile(name_or_path: str, *, model: str | None = None) -> SamplerConfig:
-    """A packaged profile by name (`reference`, `smollm2`), `auto` (the one calibrated for
-    `model`, else `reference`) or a TOML file of SamplerConfig fields.
+    """A packaged profile by name (`reference`, `smollm2`, `smollm2-tuned`), `auto` (the one
+    tuned or calibrated for `model`, else `reference`) or a TOML file of SamplerConfig fields.
 
     Keys left out keep their defaults; `profile` defaults to the file's stem.
     """
@@ -235,12 +235,9 @@ def load_profile(name_or_path: str, *, model: str | None = None) -> SamplerConfi
         path = Path(name_or_path)
         source, stem, text = str(path), path.stem, path.read_text(encoding="utf-8")
     else:
-        profiles = _packaged_profiles()
-        plain = ", ".join(n for n, globs in profiles.items() if not globs)
-        calibrated = ", ".join(n for n, globs in profiles.items() if globs) or "none"
         raise ValueError(
-            f"sampler profile {name_or_path!r} is none of: the spec's ({plain}), a calibrated one "
-            f"({calibrated}), auto (the model's calibrated one), a TOML file"
+            f"sampler profile {name_or_path!r} is none of: {', '.join(_packaged_profiles())}, "
+            "auto (the one tuned or calibrated for the model, else reference), a TOML file"
         )
     try:
         data = tomllib.loads(text)

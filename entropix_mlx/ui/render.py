@@ -264,7 +264,7 @@ def render_profile(sampler: str, config: Any, suggested: str = "reference") -> T
         style="ui.muted",
     )
     if c.profile == "reference" and suggested != "reference":
-        line.append(f" · calibrated for this model: --profile {suggested}", style="ui.mark")
+        line.append(f" · made for this model: --profile {suggested}", style="ui.mark")
     return line
 
 
