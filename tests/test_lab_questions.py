@@ -7,6 +7,7 @@ import random
 import re
 
 import pytest
+from conftest import run_main
 
 from entropix_mlx.lab import questions as gen
 from entropix_mlx.lab.evaluate import load_questions, score
@@ -20,9 +21,14 @@ def splits() -> dict[str, list[dict]]:
 def test_shipped_files_are_what_the_generator_makes(splits: dict[str, list[dict]]) -> None:
     for split, items in splits.items():
         assert gen.split_path(split).read_text("utf-8") == gen.render_jsonl(items), (
-            f"{split}.jsonl is stale: run `python -m entropix_mlx.lab.questions --write`"
+            f"{split}.jsonl is stale: run `entropix questions --write`"
         )
-    assert gen.main([]) == 0
+    assert gen.stale_splits() == []
+
+
+def test_the_maintainers_command_checks_the_shipped_sets(monkeypatch, capsys) -> None:
+    code, out, _ = run_main(monkeypatch, capsys, ["questions"])
+    assert code == 0 and "up to date" in out
 
 
 def test_sizes_ids_and_disjointness(splits: dict[str, list[dict]]) -> None:

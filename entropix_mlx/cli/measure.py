@@ -277,6 +277,25 @@ def _eval(path, questions, samplers, model, options, seeds, jsonl, plain, batch_
     out.print(tables.eval_table(rows, bar=out.color_system is not None))
 
 
+@app.command(hidden=True)
+def questions(
+    write: Annotated[
+        bool, typer.Option("--write", help="Rewrite lab/data/{dev,heldout}.jsonl.")
+    ] = False,
+) -> None:
+    """For maintainers: check that the shipped dev / held-out sets are what the generator makes,
+    or `--write` them."""
+    from ..lab import questions as generator
+
+    if write:
+        typer.echo(f"wrote {', '.join(str(p) for p in generator.write_splits())}")
+        return
+    stale = generator.stale_splits()
+    if stale:
+        _fail(f"stale: {', '.join(stale)}; run `entropix questions --write`")
+    typer.echo("up to date")
+
+
 # ── tune ──────────────────────────────────────────────────────────────────────────────────────
 
 

@@ -1,7 +1,7 @@
 """Seeded arithmetic and word problems: the `dev` and `held-out` question sets of the lab.
 
 Both sets are generated once by this module and shipped as package data (lab/data/*.jsonl);
-`python -m entropix_mlx.lab.questions --write` rewrites them, `--check` compares. A test
+`entropix questions --write` rewrites them, `entropix questions` compares. A test
 regenerates them, so a change to a template (or to Python's `random`) shows up as a diff.
 
 The problems are short on purpose (one or two steps, numbers mostly below 20): SmolLM2-135M
@@ -249,28 +249,21 @@ def hand_written_questions() -> list[str]:
     return [json.loads(line)["question"] for line in path.read_text("utf-8").splitlines() if line]
 
 
-def main(argv: list[str] | None = None) -> int:
-    """`--write` the shipped splits, or `--check` that they are what the generator makes."""
-    import argparse
-
-    parser = argparse.ArgumentParser(prog="python -m entropix_mlx.lab.questions")
-    parser.add_argument("--write", action="store_true", help="rewrite lab/data/{dev,heldout}.jsonl")
-    args = parser.parse_args(argv)
+def stale_splits() -> list[str]:
+    """The shipped splits that differ from what the generator makes now."""
     splits = generate_all(hand_written_questions())
-    stale = [
+    return [
         s
         for s, items in splits.items()
         if not split_path(s).is_file() or split_path(s).read_text("utf-8") != render_jsonl(items)
     ]
-    if args.write:
-        DATA_DIR.mkdir(exist_ok=True)
-        for split, items in splits.items():
-            split_path(split).write_text(render_jsonl(items), encoding="utf-8")
-        print(f"wrote {', '.join(str(split_path(s)) for s in splits)}")
-        return 0
-    print("up to date" if not stale else f"stale: {', '.join(stale)}; run with --write")
-    return 1 if stale else 0
 
 
-if __name__ == "__main__":
-    raise SystemExit(main())
+def write_splits() -> list[Path]:
+    """Rewrite lab/data/{dev,heldout}.jsonl from the generator; the paths written."""
+    DATA_DIR.mkdir(exist_ok=True)
+    written = []
+    for split, items in generate_all(hand_written_questions()).items():
+        split_path(split).write_text(render_jsonl(items), encoding="utf-8")
+        written.append(split_path(split))
+    return written
