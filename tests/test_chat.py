@@ -32,12 +32,11 @@ def tiny_path(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 @pytest.fixture(scope="module")
 def tiny(tiny_path: Path):
-    model, tok, _ = load(tiny_path)
-    return model, tok
+    return load(tiny_path)  # model, tokenizer, info
 
 
 def session(tiny, **kwargs) -> ChatSession:
-    model, tok = tiny
+    model, tok, _ = tiny
     return ChatSession(model, tok, **({"max_tokens": 6, "seed": 1} | kwargs))
 
 

@@ -14,7 +14,7 @@ import pytest
 from checkpoints import make_tiny_checkpoint
 from prompt_toolkit.completion import CompleteEvent
 from prompt_toolkit.document import Document
-from test_chat import ScriptedUI, consistent
+from test_chat import ScriptedUI, consistent, session, tokens
 from typer.testing import CliRunner
 
 from entropix_mlx import cli
@@ -36,17 +36,7 @@ def tiny_path(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 @pytest.fixture(scope="module")
 def tiny(tiny_path: Path):
-    model, tok, info = load(tiny_path)
-    return model, tok, info
-
-
-def session(tiny, **kwargs) -> ChatSession:
-    model, tok, _ = tiny
-    return ChatSession(model, tok, **({"max_tokens": 6, "seed": 1} | kwargs))
-
-
-def tokens(events) -> list[int]:
-    return [e.token_id for e in events]
+    return load(tiny_path)  # model, tokenizer, info
 
 
 def talk(s: ChatSession, log: store.SessionLog, *texts: str) -> None:
