@@ -83,19 +83,27 @@ def test_thresholds_sit_at_the_stated_quantiles(q: Quantiles) -> None:
 def test_quantiles_of_an_even_grid_are_exact() -> None:
     grid = [float(x) for x in range(101)]  # 0, 1, …, 100 in shuffled order
     grid = grid[::2] + grid[1::2]
-    cfg = calibrate_profile(
-        {"entropy": grid, "varentropy": [x / 10 for x in grid]}, Quantiles(), SamplerConfig()
-    )
+    samples = {name: grid for name in METRIC_NAMES} | {"varentropy": [x / 10 for x in grid]}
+    cfg = calibrate_profile(samples, Quantiles(), SamplerConfig())
     assert (cfg.low_ent, cfg.med_ent, cfg.high_ent) == (20.0, 60.0, 85.0)
     assert (cfg.low_vent, cfg.high_vent) == pytest.approx((2.0, 8.5))
 
 
-def test_only_the_thresholds_change() -> None:
+def test_only_the_thresholds_and_the_scale_change() -> None:
     base = SamplerConfig(temperature=0.5, top_k=11, clarify_text=" hm", profile="mine")
-    cfg = calibrate_profile(synthetic(), Quantiles(), base)
+    samples = synthetic()
+    cfg = calibrate_profile(samples, Quantiles(), base)
     for f in fields(SamplerConfig):
-        if f.name not in THRESHOLDS:
+        if f.name not in (*THRESHOLDS, "scale"):
             assert getattr(cfg, f.name) == getattr(base, f.name), f.name
+    assert cfg.scale is not None and base.scale is None
+    for name in METRIC_NAMES:  # knots: numpy's quantiles of each metric at the stated levels
+        expected = np.quantile(samples[name], cfg.scale.levels)
+        np.testing.assert_allclose(cfg.scale.knots[name], expected, atol=1e-6)
+    unc = np.add(samples["entropy"], samples["varentropy"])
+    np.testing.assert_allclose(
+        cfg.scale.knots["logit_unc"], np.quantile(unc, cfg.scale.levels), atol=1e-6
+    )
 
 
 def test_no_tokens_or_non_finite_values_are_errors() -> None:
@@ -186,9 +194,11 @@ def test_shipped_smollm2_profile() -> None:
     cfg = load_profile("smollm2")
     assert cfg.profile == "smollm2"
     assert 0 < cfg.low_ent < cfg.med_ent < cfg.high_ent and 0 < cfg.low_vent < cfg.high_vent
-    for f in fields(SamplerConfig):  # everything but the thresholds is the reference profile's
-        if f.name not in (*THRESHOLDS, "profile"):
+    for f in fields(SamplerConfig):  # all but the thresholds and scale: the reference profile's
+        if f.name not in (*THRESHOLDS, "profile", "scale"):
             assert getattr(cfg, f.name) == getattr(SamplerConfig(), f.name), f.name
+    assert cfg.scale is not None and cfg.form == "reference"  # the model's scale, on record
+    assert cfg.scale.knots["entropy"][6] == pytest.approx(2.02, abs=0.01)  # the header's median
     prompts = PACKAGE / "lab" / "data" / "calibration_prompts.jsonl"
     n = len(load_prompts(prompts))
     assert "entropix_mlx/lab/data/calibration_prompts.jsonl" in text and f"({n} prompts," in text
@@ -252,6 +262,8 @@ def test_calibrate_end_to_end(monkeypatch, capsys, tmp_path: Path, tiny_path: Pa
         "6",
         "--quantiles",
         "low=0.1,high=0.9",
+        "--form",
+        "relative",
         "--plain",
     ]
     code, stdout, stderr = run_main(monkeypatch, capsys, args)
@@ -264,12 +276,24 @@ def test_calibrate_end_to_end(monkeypatch, capsys, tmp_path: Path, tiny_path: Pa
     samples = collect_samples(
         model, tok, load_prompts(prompts), max_tokens=6, batch_size=default_batch_size()
     )
-    expected = calibrate_profile(samples, Quantiles(0.1, 0.6, 0.9), SamplerConfig())
-    assert cfg == replace(expected, profile="tiny")
+    expected = calibrate_profile(samples, Quantiles(0.1, 0.6, 0.9), SamplerConfig(), "relative")
+    assert cfg == replace(expected, profile="tiny") and cfg.form == "relative"
     text = out.read_text()
     n = len(samples["entropy"])
     assert f"(3 prompts, greedy, chat template, up to 6 tokens each: {n} tokens)" in text
     assert tomllib.loads(text)["models"] == ["tiny-llama"]
+    # the relative profile drives a run: every adaptive draw inside its stated ranges
+    jsonl = tmp_path / "run.jsonl"
+    args = ["run", "-f", str(prompts), "-m", str(tiny_path), "-n", "8", "--profile", str(out)]
+    code, _, stderr = run_main(monkeypatch, capsys, [*args, "--jsonl", str(jsonl), "--plain"])
+    assert code == 0 and "profile tiny" in stderr, stderr
+    records = [json.loads(line) for line in jsonl.read_text().splitlines()]
+    steps = [r for r in records if r.get("strategy") == "adaptive"]
+    assert steps, records  # thresholds at the tiny model's own quantiles: MID is the middle 50 %
+    for r in steps:
+        assert cfg.rel_adaptive_top_k_from <= r["top_k"] <= cfg.rel_adaptive_top_k_to
+        assert cfg.rel_adaptive_min_p_to <= r["min_p"] <= cfg.rel_adaptive_min_p_from
+        assert r["temperature"] <= cfg.temperature * cfg.rel_adaptive_temp_to
 
 
 @pytest.mark.parametrize(
@@ -279,6 +303,7 @@ def test_calibrate_end_to_end(monkeypatch, capsys, tmp_path: Path, tiny_path: Pa
         (["--quantiles", "low=20"], "--quantiles: quantile low=20.0"),
         (["--quantiles", "lo=0.1"], "--quantiles"),
         (["--base", "nope"], "--base: sampler profile 'nope'"),
+        (["--form", "absolute"], "--form absolute: choose reference or relative"),
         (["-o", "out.txt"], "give a .toml file name"),
         (["-o", "/no/such/dir/out.toml"], "does not exist"),
         (["-f", "/no/such/prompts.txt"], "/no/such/prompts.txt"),

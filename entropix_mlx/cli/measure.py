@@ -76,13 +76,21 @@ def calibrate(
     base: Annotated[
         str, typer.Option("--base", help="Profile every other field is copied from.")
     ] = "reference",
+    form: Annotated[
+        str | None,
+        typer.Option(
+            "--form",
+            help="reference (the spec's formulas) or relative (ranges over the model's quantiles); "
+            "default: the base's.",
+        ),
+    ] = None,
     batch_size: BatchSizeOpt = None,
     plain: PlainOpt = False,
 ) -> None:
     """Write a profile whose thresholds sit at quantiles of the model's own entropy/varentropy.
 
-    The prompts are decoded greedily; the header records every metric's distribution."""
-    from ..engine.config import load_profile
+    The prompts are decoded greedily; the profile records every metric's quantiles ([scale])."""
+    from ..engine.config import FORMS, load_profile
     from ..lab.calibrate import Quantiles
 
     try:
@@ -93,12 +101,15 @@ def calibrate(
         base_config = load_profile(base)
     except ValueError as e:
         _fail(f"--base: {e}")
+    if form is not None and form not in FORMS:
+        _fail(f"--form {form}: choose {' or '.join(FORMS)}")
     _out_path(out, "--out", ".toml")
-    _guard(_calibrate, prompt_file, out, model, max_tokens, q, base_config, plain, batch_size)
+    run = (prompt_file, out, model, max_tokens, q, base_config, plain, batch_size, form)
+    _guard(_calibrate, *run)
 
 
 def _calibrate(
-    prompt_file, out, model, max_tokens, quantiles, base, plain, batch_size=None
+    prompt_file, out, model, max_tokens, quantiles, base, plain, batch_size=None, form=None
 ) -> None:
     from ..engine.batch import default_batch_size
     from ..lab.calibrate import (
@@ -125,7 +136,7 @@ def _calibrate(
             batch_size=batch_size or default_batch_size(),
             on_answer=progress,
         )
-    config = calibrate_profile(samples, quantiles, base)
+    config = calibrate_profile(samples, quantiles, base, form)
     header = calibration_header(
         model=info.name,
         prompts_file=str(prompt_file),

@@ -16,6 +16,7 @@ from pathlib import Path
 from typing import Any
 
 from ..errors import EntropixError
+from .scale import MetricScale, scale_from
 
 SAMPLERS = ("entropix", "greedy", "sample", "minp", "edt", "dynatemp", "dslider")
 RIVALS = SAMPLERS[
@@ -23,6 +24,7 @@ RIVALS = SAMPLERS[
 ]  # the other adaptive samplers the lab compares Entropix with (docs/samplers.md)
 # The §2 quadrants, least to most uncertain: the one order every table, bar and legend uses.
 QUADRANTS = ("LELV", "MID", "LEHV", "HELV", "HEHV")
+FORMS = ("reference", "relative")  # how strategy parameters follow the metrics (docs/samplers.md)
 ATTENTION_LAYERS = ("all", "last")  # whose attention the metrics read: every layer or the final one
 AUTO_PROFILE = "auto"
 MODELS_KEY = "models"  # a calibrated profile's model-name globs (not a SamplerConfig field)
@@ -138,10 +140,38 @@ class SamplerConfig:
     dslider_outlier_topk: int = _num(6, 1)
     dslider_argmax_bias: float = _num(1.2)
     dslider_dirichlet_bias: float = _num(1.2)
+    # The relative form (docs/samplers.md): with form = "relative" the strategies ignore the
+    # coefficients above; each parameter below moves from its *_from value (at the model's most
+    # certain, drive 0) to its *_to value (least certain, drive 1), the drive being a mean of the
+    # metrics' quantile levels on this model's `scale` (sampler.RELATIVE_DRIVES). Temperatures are
+    # multiples of T0, as in the reference formulas, so T0 = 0 is greedy in either form.
+    form: str = "reference"
+    scale: MetricScale | None = None  # written by `entropix calibrate`
+    rel_adaptive_temp_from: float = _num(0.0, 0.0)
+    rel_adaptive_temp_to: float = _num(1.5, 0.0)
+    rel_adaptive_top_k_from: int = _num(5, 1)
+    rel_adaptive_top_k_to: int = _num(60, 1)
+    rel_adaptive_top_p_from: float = _num(0.9, 0.0, 1.0, open_lo=True)
+    rel_adaptive_top_p_to: float = _num(1.0, 0.0, 1.0, open_lo=True)
+    rel_adaptive_min_p_from: float = _num(0.2, 0.0, 1.0)
+    rel_adaptive_min_p_to: float = _num(0.02, 0.0, 1.0)
+    rel_explore_temp_from: float = _num(1.0, 0.0)
+    rel_explore_temp_to: float = _num(2.0, 0.0)
+    rel_explore_top_k_from: int = _num(10, 1)
+    rel_explore_top_k_to: int = _num(40, 1)
+    rel_resample_temp_from: float = _num(1.5, 0.0)
+    rel_resample_temp_to: float = _num(3.0, 0.0)
+    rel_resample_top_p_from: float = _num(0.9, 0.0, 1.0, open_lo=True)
+    rel_resample_top_p_to: float = _num(0.5, 0.0, 1.0, open_lo=True)
+    rel_clarify_temp_from: float = _num(1.5, 0.0)
+    rel_clarify_temp_to: float = _num(2.25, 0.0)
     profile: str = "reference"
 
     def __post_init__(self) -> None:
         for f in fields(self):
+            if f.name == "scale":
+                object.__setattr__(self, "scale", scale_from(self.scale))
+                continue
             value, kind = getattr(self, f.name), type(f.default)
             allowed = (int, float) if kind is float else kind
             if isinstance(value, bool) or not isinstance(value, allowed):
@@ -162,6 +192,13 @@ class SamplerConfig:
         if self.attention_layers not in ATTENTION_LAYERS:
             valid = ", ".join(ATTENTION_LAYERS)
             raise ValueError(f"attention_layers={self.attention_layers!r}: valid are {valid}")
+        if self.form not in FORMS:
+            raise ValueError(f"form={self.form!r}: valid are {', '.join(FORMS)}")
+        if self.form == "relative" and self.scale is None:
+            raise ValueError(
+                "form='relative' needs the model's [scale] table: "
+                "write a profile with `entropix calibrate` and set form there"
+            )
         if not self.profile:
             raise ValueError("profile='' must name the profile")
 
@@ -173,6 +210,8 @@ class SamplerConfig:
             if name not in types:
                 raise ValueError(f"unknown sampler setting {name!r}; valid: {', '.join(types)}")
             kind = types[name]
+            if name == "scale":
+                raise ValueError("scale is a table of quantile knots: set it in a profile file")
             try:
                 changes[name] = raw if kind is str else kind(raw.strip())
             except ValueError:

@@ -148,11 +148,67 @@ def classify(entropy: float, varentropy: float, cfg: SamplerConfig) -> tuple[str
     return "MID", "adaptive"
 
 
+# The relative form's drives (docs/samplers.md): parameter → the metrics whose quantile levels it
+# averages, "1-" for one read the other way (high agreement is certainty). The metrics are those of
+# the reference formula for the same parameter, each pointing the way it points there.
+RELATIVE_DRIVES = {
+    "adaptive_temp": ("logit_unc", "attn_unc", "1-agreement"),
+    "adaptive_top_k": ("interaction_strength", "1-agreement"),
+    "adaptive_top_p": ("attn_varentropy",),
+    "adaptive_min_p": ("logit_unc",),
+    "explore_temp": ("interaction_strength",),
+    "explore_top_k": ("1-agreement",),
+    "resample_temp": ("attn_varentropy",),
+    "resample_top_p": ("attn_entropy",),
+    "clarify_temp": ("attn_entropy",),
+}
+
+
+def relative_value(name: str, m: Metrics, cfg: SamplerConfig) -> float:
+    """`rel_<name>_from` + (`rel_<name>_to` − from) · drive, the drive a mean of quantile levels."""
+    assert cfg.scale is not None  # SamplerConfig checks the relative form has one
+    values = m.as_dict() | {
+        "logit_unc": m.entropy + m.varentropy,
+        "attn_unc": m.attn_entropy + m.attn_varentropy,
+    }
+    levels = []
+    for metric in RELATIVE_DRIVES[name]:
+        flip, metric = metric.startswith("1-"), metric.removeprefix("1-")
+        u = cfg.scale.normalise(metric, values[metric])
+        levels.append(1.0 - u if flip else u)
+    drive = sum(levels) / len(levels)
+    start, end = getattr(cfg, f"rel_{name}_from"), getattr(cfg, f"rel_{name}_to")
+    return min(max(start + (end - start) * drive, min(start, end)), max(start, end))  # no overshoot
+
+
+def relative_params(strategy: str, m: Metrics, cfg: SamplerConfig) -> SamplingParams:
+    """A strategy's parameters in the relative form: every one inside its stated range."""
+    T0, k0, p0, m0 = cfg.temperature, cfg.top_k, cfg.top_p, cfg.min_p
+    value = lambda name: relative_value(name, m, cfg)
+    if strategy == "clarify":
+        return SamplingParams(T0 * value("clarify_temp"), k0, p0, m0)
+    if strategy == "explore":
+        return SamplingParams(T0 * value("explore_temp"), round(value("explore_top_k")), p0, m0)
+    if strategy == "resample":
+        return SamplingParams(T0 * value("resample_temp"), k0, value("resample_top_p"), m0)
+    return SamplingParams(
+        T0 * value("adaptive_temp"),
+        round(value("adaptive_top_k")),
+        value("adaptive_top_p"),
+        value("adaptive_min_p"),
+    )
+
+
 def strategy_params(strategy: str, m: Metrics, cfg: SamplerConfig) -> SamplingParams:
-    """The sampling parameters a strategy uses, by the ENTROPIX.md §2 formulas."""
+    """The sampling parameters a strategy uses, by the ENTROPIX.md §2 formulas (or the profile's
+    relative form)."""
     T0, k0, p0, m0 = cfg.temperature, cfg.top_k, cfg.top_p, cfg.min_p
     if strategy == "argmax":
         return ARGMAX
+    if strategy not in STRATEGIES:
+        raise ValueError(f"strategy {strategy!r} is not one of {', '.join(STRATEGIES)}")
+    if cfg.form == "relative":
+        return relative_params(strategy, m, cfg)
     if strategy == "clarify":
         t = T0 * (cfg.clarify_temp_base + cfg.clarify_temp_attn_entropy * m.attn_entropy)
         return SamplingParams(min(cfg.clarify_temp_max, t), k0, p0, m0)
@@ -164,21 +220,20 @@ def strategy_params(strategy: str, m: Metrics, cfg: SamplerConfig) -> SamplingPa
         t = T0 * (cfg.resample_temp_base + cfg.resample_temp_attn_varentropy * m.attn_varentropy)
         p = p0 - cfg.resample_top_p_attn_entropy * m.attn_entropy
         return SamplingParams(max(cfg.resample_temp_min, t), k0, max(cfg.resample_top_p_min, p), m0)
-    if strategy == "adaptive":
-        ul, ua = m.entropy + m.varentropy, m.attn_entropy + m.attn_varentropy
-        t = 1.0 + cfg.adaptive_temp_logit_unc * ul + cfg.adaptive_temp_attn_unc * ua
-        t = T0 * (t - cfg.adaptive_temp_agreement * m.agreement)
-        p = p0 * (1.0 + cfg.adaptive_top_p_attn_varentropy * m.attn_varentropy)
-        k = 1.0 + cfg.adaptive_top_k_interaction * m.interaction_strength
-        k = round(k0 * (k - cfg.adaptive_top_k_agreement * m.agreement))
-        mp = m0 * (1.0 - cfg.adaptive_min_p_logit_unc * ul)
-        return SamplingParams(
-            t,
-            min(max(k, cfg.adaptive_top_k_min), cfg.adaptive_top_k_max),
-            min(max(p, cfg.adaptive_top_p_min), cfg.adaptive_top_p_max),
-            min(max(mp, cfg.adaptive_min_p_min), cfg.adaptive_min_p_max),
-        )
-    raise ValueError(f"strategy {strategy!r} is not one of {', '.join(STRATEGIES)}")
+    # adaptive
+    ul, ua = m.entropy + m.varentropy, m.attn_entropy + m.attn_varentropy
+    t = 1.0 + cfg.adaptive_temp_logit_unc * ul + cfg.adaptive_temp_attn_unc * ua
+    t = T0 * (t - cfg.adaptive_temp_agreement * m.agreement)
+    p = p0 * (1.0 + cfg.adaptive_top_p_attn_varentropy * m.attn_varentropy)
+    k = 1.0 + cfg.adaptive_top_k_interaction * m.interaction_strength
+    k = round(k0 * (k - cfg.adaptive_top_k_agreement * m.agreement))
+    mp = m0 * (1.0 - cfg.adaptive_min_p_logit_unc * ul)
+    return SamplingParams(
+        t,
+        min(max(k, cfg.adaptive_top_k_min), cfg.adaptive_top_k_max),
+        min(max(p, cfg.adaptive_top_p_min), cfg.adaptive_top_p_max),
+        min(max(mp, cfg.adaptive_min_p_min), cfg.adaptive_min_p_max),
+    )
 
 
 @dataclass(frozen=True, eq=False)

@@ -7,9 +7,9 @@ the thresholds at stated quantiles of what it saw:
     low_ent  = quantile(H, low)    med_ent = quantile(H, med)    high_ent  = quantile(H, high)
     low_vent = quantile(V, low)                                  high_vent = quantile(V, high)
 
-(numpy's default linear interpolation). Every other field comes from a base profile. The attention
-metrics are not thresholds of the sampler, but their quantiles go into the profile's header so the
-scale of `attn_entropy`, `interaction_strength`, … on this model is on record.
+(numpy's default linear interpolation). The profile's `[scale]` table records quantile knots of
+every metric (engine/scale.py): what the relative form (`form = "relative"`) measures the metrics
+against. Every other field comes from a base profile.
 """
 
 from __future__ import annotations
@@ -25,6 +25,7 @@ import numpy as np
 from ..engine.config import MODELS_KEY, QUADRANTS, SamplerConfig
 from ..engine.metrics import METRIC_NAMES
 from ..engine.sampler import classify
+from ..engine.scale import MetricScale
 from ..errors import EntropixError
 from ..tokenize.chat_template import chat_messages
 
@@ -80,10 +81,14 @@ def _checked(samples: Mapping[str, Sequence[float]], name: str) -> np.ndarray:
 
 
 def calibrate_profile(
-    samples: Mapping[str, Sequence[float]], quantiles: Quantiles, base: SamplerConfig
+    samples: Mapping[str, Sequence[float]],
+    quantiles: Quantiles,
+    base: SamplerConfig,
+    form: str | None = None,
 ) -> SamplerConfig:
     """`base` with its five quadrant thresholds at `quantiles` of `samples["entropy"]` and
-    `samples["varentropy"]` (one value per token); nothing else changes."""
+    `samples["varentropy"]` (one value per token), its `scale` from all six metrics, and `form`
+    (default: the base's; `relative` needs the scale this writes)."""
     h, v = _checked(samples, "entropy"), _checked(samples, "varentropy")
     q = [quantiles.low, quantiles.med, quantiles.high]
     low_ent, med_ent, high_ent = (float(x) for x in np.quantile(h, q))
@@ -95,6 +100,8 @@ def calibrate_profile(
         high_ent=high_ent,
         low_vent=low_vent,
         high_vent=high_vent,
+        scale=MetricScale.from_samples({m: _checked(samples, m) for m in METRIC_NAMES}),
+        form=form or base.form,
     )
 
 
@@ -148,9 +155,8 @@ def calibration_header(
         "entropy H (bits), low_vent/high_vent the low/high quantiles of the varentropy V (bits²).",
         f"Every other field is copied from the {base.profile!r} profile.",
         "",
-        "Empirical distribution over the calibration tokens "
-        "(attention metrics: see ENTROPIX.md §1;",
-        "no sampler threshold uses them, but their scale is model-dependent too):",
+        "Empirical distribution over the calibration tokens (attention metrics: ENTROPIX.md §1;",
+        "all of them, at finer levels, are in [scale] below):",
         *("  " + line for line in distribution_lines(samples)),
         "",
         "Quadrant mix of the calibration tokens:",
@@ -177,15 +183,21 @@ def render_profile_toml(config: SamplerConfig, header: str, models: Iterable[str
     globs = list(models)
     if globs:
         lines += ["", f"{MODELS_KEY} = {json.dumps(globs, ensure_ascii=False)}"]
-    lines += ["", "# Quadrant thresholds (calibrated)."]
+    lines += ["", "# Quadrant thresholds."]
     lines += [f"{name} = {_toml_value(getattr(config, name))}" for name in THRESHOLDS]
     lines += ["", "# Base parameters and strategy coefficients."]
-    skip = {*THRESHOLDS, "profile"}
+    skip = {*THRESHOLDS, "profile", "scale"}
     lines += [
         f"{f.name} = {_toml_value(getattr(config, f.name))}"
         for f in fields(config)
         if f.name not in skip
     ]
+    if config.scale is not None:  # a TOML table comes after the top-level keys
+        lines += ["", "# The model's metric quantiles at `levels` (engine/scale.py).", "[scale]"]
+        lines += [
+            f"{name} = [{', '.join(_toml_value(float(x)) for x in values)}]"
+            for name, values in config.scale.as_table().items()
+        ]
     return "\n".join(lines) + "\n"
 
 

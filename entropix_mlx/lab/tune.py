@@ -45,7 +45,24 @@ DEFAULT_SPACE = (
     Dimension("n_adaptive_samples", 1, 8),
     Dimension("clarify_max", 0, 1),
 )
+# The relative form (docs/samplers.md) states ranges over the model's own quantiles, so the search
+# moves the uncertain ends of the ranges and T0, which scales every temperature: T0 = 0 is greedy.
+RELATIVE_SPACE = (
+    Dimension("temperature", 0.0, 1.0),
+    Dimension("rel_adaptive_temp_to", 0.0, 3.0),
+    Dimension("rel_adaptive_top_k_to", 1, 100),
+    Dimension("rel_adaptive_min_p_from", 0.0, 0.5),
+    Dimension("rel_explore_temp_to", 0.0, 2.0),
+    Dimension("rel_resample_temp_to", 0.0, 3.0),
+    Dimension("n_adaptive_samples", 1, 8),
+    Dimension("clarify_max", 0, 1),
+)
 GREEDY_LIKE = {"temperature": 0.0, "resample_temp_min": 0.0, "clarify_max": 0}
+
+
+def space_for(base: SamplerConfig) -> tuple[Dimension, ...]:
+    """The search space of the base profile's form."""
+    return RELATIVE_SPACE if base.form == "relative" else DEFAULT_SPACE
 
 
 @dataclass(frozen=True)
@@ -131,13 +148,15 @@ def tune(
     dev: Sequence[Any],
     evaluate: Evaluate,
     *,
-    space: Sequence[Dimension] = DEFAULT_SPACE,
+    space: Sequence[Dimension] | None = None,
     budget: Budget = Budget(),
     seed: int = 0,
     on_round: Callable[[int, list[Candidate]], None] | None = None,
 ) -> TuneResult:
     """Successive halving: round r scores the survivors on the first questions·η^r dev questions
-    (a seeded order) and keeps the best ⌈n/η⌉. Ties keep the earlier candidate (base first)."""
+    (a seeded order) and keeps the best ⌈n/η⌉. Ties keep the earlier candidate (base first).
+    `space`: by default the one for the base profile's form (`space_for`)."""
+    space = space_for(base) if space is None else space
     check_space(space, base)
     order = list(dev)
     random.Random(seed).shuffle(order)
