@@ -15,6 +15,7 @@ from checkpoints import make_tiny_checkpoint
 from mlx_lm.models import cache as ref_cache
 from mlx_lm.models import llama as ref_llama
 
+from entropix_mlx.model import quant
 from entropix_mlx.model.cache import KVCache
 from entropix_mlx.model.llama import ModelArgs, make_ops, rope_frequencies
 from entropix_mlx.model.load import load
@@ -97,13 +98,19 @@ def test_dense_layout_equals_quantized_layout(checkpoints, name: str) -> None:
 
 @pytest.mark.parametrize("name", ["f32-untied", "q4g64-tied"])
 def test_cpu_ops_path_equals_the_fused_kernel_path(checkpoints, name: str) -> None:
-    """`CpuOps` (composed kernels, the one-token decode) give the numbers of `FusedOps` (`mx.fast`'s
-    kernels): a whole prompt, a chunk after a cached prefix, one-token steps across cache growth."""
+    """`CpuOps` (composed kernels, the one-token decode: native where `_qmv` is built, and MLX's
+    operations) give the numbers of `FusedOps` (`mx.fast`'s kernels): a whole prompt, a chunk
+    after a cached prefix, one-token steps across cache growth."""
     model, _, _ = load(checkpoints[name], layout="quantized" if name.startswith("q") else "auto")
     ids = prompt_ids(262, model.args.vocab_size, seed=7)
     runs = {}
-    for cpu in (True, False):
-        model.use_ops(make_ops(model.args, cpu=cpu))
+    for mode in ("native", "mlx", "fused"):
+        ops = make_ops(model.args, cpu=mode != "fused")
+        if mode == "mlx":
+            ops.native = None
+        elif mode == "native":
+            assert ops.native is quant.native()  # None where the extension is not built
+        model.use_ops(ops)
         assert {type(m.ops) for _, m in model.named_modules() if "ops" in vars(m)} == {
             type(model.ops)
         }
@@ -111,10 +118,12 @@ def test_cpu_ops_path_equals_the_fused_kernel_path(checkpoints, name: str) -> No
         outs = [model(ids[:, :200], all_logits=True), model(ids[:, :180], cache)]
         outs.append(model(ids[:, 180:250], cache, all_logits=True))
         outs += [model(ids[:, i : i + 1], cache) for i in range(250, 262)]  # crosses 256
-        runs[cpu] = outs
-    for ours, fused in zip(runs[True], runs[False], strict=True):
-        assert max_abs(ours.logits, fused.logits) < FLOAT32_TOL
-        assert ours.scores.shape == fused.scores.shape and max_abs(ours.scores, fused.scores) < 1e-5
+        runs[mode] = outs
+    for ours in (runs["native"], runs["mlx"]):
+        for mine, fused in zip(ours, runs["fused"], strict=True):
+            assert max_abs(mine.logits, fused.logits) < FLOAT32_TOL
+            assert mine.scores.shape == fused.scores.shape
+            assert max_abs(mine.scores, fused.scores) < 1e-5
 
 
 def test_the_backend_picks_the_ops_once_when_the_model_is_built(checkpoints) -> None:

@@ -285,3 +285,76 @@ def test_many_rows_go_through_float32_weights():
     h = x64 / np.sqrt(np.mean(x64**2, axis=-1, keepdims=True) + 1e-5) * np.array(norm.weight)
     a, b = h @ wg.T, h @ wu.T
     np.testing.assert_allclose(got, res[0] + a / (1 + np.exp(-a)) * b, rtol=1e-4, atol=1e-5)
+
+
+# ── decode attention (native/attention.cpp) ───────────────────────────────────────────────────
+
+
+def attention64(q, k, v, mask):
+    """float64 reference: scores q·kᵀ, masked -inf, softmax over keys, times v."""
+    s = np.einsum("bhgd,bhtd->bhgt", q.astype(np.float64), k.astype(np.float64))
+    if mask is not None:
+        s = np.where(mask.reshape(s.shape[0], 1, 1, -1), s, -np.inf)
+    p = np.exp(s - s.max(axis=-1, keepdims=True))
+    p /= p.sum(axis=-1, keepdims=True)
+    return np.einsum("bhgt,bhtd->bhgd", p, v.astype(np.float64)), s
+
+
+@settings(max_examples=30, deadline=None)
+@given(
+    st.integers(1, 3),
+    st.integers(1, 4),
+    st.integers(1, 4),
+    st.sampled_from([8, 16, 64, 72, 128]),
+    st.integers(1, 300),
+    st.booleans(),
+    st.integers(0, 2**31 - 1),
+)
+def test_decode_attention_matches_float64(B, Hkv, G, D, T, masked, seed):
+    """Every shape (head dims past the SIMD path's multiples of 16 too), both kernels, keys and
+    values read in place from a larger cache buffer as the model does."""
+    rng = np.random.default_rng(seed)
+    q = rng.standard_normal((B, Hkv, G, D)).astype(np.float32) / np.sqrt(D)
+    buf_k = rng.standard_normal((B, Hkv, T + 7, D)).astype(np.float32)
+    buf_v = rng.standard_normal((B, Hkv, T + 7, D)).astype(np.float32)
+    mask = None
+    if masked:  # left padding: row b hides its first pad[b] keys, never the newest one
+        pad = rng.integers(0, T, B)
+        mask = np.arange(T)[None] >= pad[:, None]
+    ext = quant.native()
+    for scalar in (False, True):
+        ext.set_force_scalar(scalar)
+        try:
+            k, v = mx.array(buf_k)[:, :, :T], mx.array(buf_v)[:, :, :T]
+            m = None if mask is None else mx.array(mask).reshape(B, 1, 1, T)
+            out, scores = ext.decode_attention(mx.array(q), k, v, m)
+            out, scores = np.array(out), np.array(scores)
+        finally:
+            ext.set_force_scalar(False)
+        want_out, want_scores = attention64(q, buf_k[:, :, :T], buf_v[:, :, :T], mask)
+        np.testing.assert_array_equal(np.isinf(scores), np.isinf(want_scores))
+        finite = np.isfinite(want_scores)
+        np.testing.assert_allclose(scores[finite], want_scores[finite], rtol=0, atol=2e-5)
+        np.testing.assert_allclose(out, want_out, rtol=0, atol=2e-5)
+
+
+def test_decode_attention_copies_only_what_is_not_contiguous():
+    """A transposed (non-contiguous last axis) key array is copied first, with the same result."""
+    rng = np.random.default_rng(1)
+    q = mx.array(rng.standard_normal((1, 2, 3, 16)).astype(np.float32))
+    k = rng.standard_normal((1, 2, 16, 40)).astype(np.float32)  # (…, D, T): kᵀ stored
+    v = mx.array(rng.standard_normal((1, 2, 40, 16)).astype(np.float32))
+    out, _ = quant.native().decode_attention(q, mx.array(k).swapaxes(-1, -2), v)
+    want, _ = attention64(np.array(q), k.swapaxes(-1, -2), np.array(v), None)
+    np.testing.assert_allclose(np.array(out), want, atol=2e-5)
+
+
+def test_decode_attention_bad_shapes_raise():
+    ext = quant.native()
+    q, k = mx.zeros((1, 2, 3, 16)), mx.zeros((1, 2, 5, 16))
+    with pytest.raises(ValueError, match="q must be"):
+        ext.decode_attention(q[0], k, k)
+    with pytest.raises(ValueError, match="disagree"):
+        ext.decode_attention(q, mx.zeros((1, 3, 5, 16)), mx.zeros((1, 3, 5, 16)))
+    with pytest.raises(ValueError, match="mask must hold"):
+        ext.decode_attention(q, k, k, mx.ones((1, 1, 1, 4), dtype=mx.bool_))

@@ -119,12 +119,13 @@ def rope_frequencies(args: ModelArgs) -> mx.array:
 def make_ops(args: ModelArgs, cpu: bool | None = None) -> FusedOps:
     """The model's attention/norm/MLP implementation: composed on the CPU, `mx.fast` elsewhere.
 
-    `cpu` None asks the backend (`on_cpu()`), once, when the model is built.
+    `cpu` None asks the backend (`on_cpu()`), once, when the model is built. On the CPU a decode
+    step's attention is native where the `_qmv` extension is built.
     """
-    cls = CpuOps if (on_cpu() if cpu is None else cpu) else FusedOps
-    return cls(
-        args.num_attention_heads, args.num_key_value_heads, args.head_dim, rope_frequencies(args)
-    )
+    heads = args.num_attention_heads, args.num_key_value_heads, args.head_dim
+    if on_cpu() if cpu is None else cpu:
+        return CpuOps(*heads, rope_frequencies(args), native=quant.native())
+    return FusedOps(*heads, rope_frequencies(args))
 
 
 class Attention(nn.Module):

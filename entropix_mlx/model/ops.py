@@ -170,13 +170,23 @@ class CpuOps(FusedOps):
     On the CPU `mx.fast.rope` runs as a fallback of ~15 small operations, and every operation
     costs ~10 µs whatever its size. A one-token step therefore rotates with one (D, D) matrix per
     position, built once per step and shared by all layers (the softmax scale folded into the
-    queries'), and its attention is softmax(q·kᵀ)·v from the very scores the metrics need.
+    queries'), and its attention is softmax(q·kᵀ)·v from the very scores the metrics need: one
+    native operation where the `_qmv` extension is built (`decode_attention`, read from the
+    cache in place; MLX's three products and softmax grow ~4x faster with the context), else MLX's.
     """
 
-    def __init__(self, n_heads: int, n_kv_heads: int, head_dim: int, periods: mx.array):
+    def __init__(
+        self,
+        n_heads: int,
+        n_kv_heads: int,
+        head_dim: int,
+        periods: mx.array,
+        native: Any = None,
+    ):
         super().__init__(n_heads, n_kv_heads, head_dim, periods)
         self._periods64 = np.asarray(periods, dtype=np.float64)
         self._rotation: tuple[Any, tuple[mx.array, mx.array]] | None = None  # (key, matrices)
+        self.native = native  # the `_qmv` module (quant.native()), or None: MLX's operations
 
     def rms_norm(self, x: mx.array, weight: mx.array, eps: float) -> mx.array:
         return rms_norm(x, weight, eps)
@@ -198,6 +208,9 @@ class CpuOps(FusedOps):
         q = q.reshape(B, Hkv, H // Hkv, D) @ rot_q  # rotated, and scaled by 1/√D
         k = k.reshape(B, Hkv, 1, D) @ rot_k
         k, v = cache.update_and_fetch(k, v.reshape(B, Hkv, 1, D))  # (B, Hkv, T, D)
+        if self.native is not None and q.dtype == mx.float32:
+            out, scores = self.native.decode_attention(q, k, v, mask)
+            return out.reshape(B, 1, H * D), scores.reshape(B, H, -1)
         scores = q @ k.swapaxes(-1, -2)  # (B, Hkv, G, T): what the metrics read, and the attention
         if mask is not None:  # (B, 1, 1, T): a batch's left padding
             scores = mx.where(mask, scores, -mx.inf)

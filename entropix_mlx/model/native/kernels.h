@@ -74,4 +74,17 @@ void set_num_threads(int n);  // 0: the machine's cores
 // One row of the original matrix back in float32 (embedding lookups, dense prefill).
 void dequantize_row(const uint8_t* packed, int64_t row, int64_t k, int bits, float* out);
 
+// One decode query row's attention (attention.cpp): scores[j] = q·k_j (q already scaled), -inf
+// where mask[j] is false, and out = softmax(scores)·v. Key/value row j at k + j·k_stride.
+struct AttendRow {
+  const float* q;
+  const float* k;
+  const float* v;
+  const bool* mask;  // t flags, or null: every key visible
+  float* scores;     // t values
+  float* out;        // d values
+  int64_t d, t, k_stride, v_stride;
+};
+void attend_rows(const AttendRow* rows, int64_t n);  // on the kernel's threads
+
 }  // namespace entropix

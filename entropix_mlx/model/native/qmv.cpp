@@ -9,6 +9,9 @@
 //       `precise`: activations in two int8 levels (x ≈ d·q + d2·q2) instead of one.
 //   qembed(ids, packed, n, k, bits): rows `ids` of W in float32 (embedding lookups).
 //   qdequant(packed, n, k, bits): all of W in float32 (prompts of many rows go to BLAS).
+//   decode_attention(q, k, v, mask=None): one decode step's attention for every query row,
+//       (out, scores) = (softmax(q·kᵀ)·v, q·kᵀ), masked keys -inf (attention.cpp). q (B, Hkv, G,
+//       D) already scaled, k and v (B, Hkv, T, D): the cache's views, read in place.
 //
 // CPU only: the GPU backends keep MLX's own quantized kernels.
 #include <nanobind/nanobind.h>
@@ -361,6 +364,127 @@ mx::array f32(const mx::array& a) {
   return a.dtype() == mx::float32 ? a : mx::astype(a, mx::float32);
 }
 
+// `a` with its last axis contiguous: views of the KV cache are used in place, anything else is
+// copied (row by row, through row_offsets).
+const float* last_axis_contiguous(const mx::array& a, std::vector<float>& copy) {
+  const float* data = a.data<float>();
+  if (a.ndim() == 0 || a.strides().back() == 1) return data;
+  const int64_t cols = a.shape(-1), stride = a.strides().back();
+  const auto off = row_offsets(a);
+  copy.resize(off.size() * cols);
+  for (size_t r = 0; r < off.size(); ++r) {
+    for (int64_t c = 0; c < cols; ++c) copy[r * cols + c] = data[off[r] + c * stride];
+  }
+  return copy.data();
+}
+
+void run_attention(const std::vector<mx::array>& in, std::vector<mx::array>& out) {
+  const mx::array &q = in[0], &k = in[1], &v = in[2];
+  const int64_t B = q.shape(0), H = q.shape(1), G = q.shape(2), D = q.shape(3), T = k.shape(2);
+  std::vector<float> qc, kc, vc;
+  const float* qd = last_axis_contiguous(q, qc);
+  const float* kd = last_axis_contiguous(k, kc);
+  const float* vd = last_axis_contiguous(v, vc);
+  // A copied array is row-contiguous; a view keeps its strides.
+  auto strides = [](const mx::array& a, const std::vector<float>& copy) {
+    std::vector<int64_t> s(a.strides().begin(), a.strides().end());
+    if (!copy.empty()) {
+      int64_t acc = 1;
+      for (int i = static_cast<int>(a.ndim()) - 1; i >= 0; --i) {
+        s[i] = acc;
+        acc *= a.shape(i);
+      }
+    }
+    return s;
+  };
+  const auto qs = strides(q, qc), ks = strides(k, kc), vs = strides(v, vc);
+  std::vector<uint8_t> mask_rows;  // (B, T) flags, row-contiguous
+  if (in.size() > 3) {
+    const mx::array& m = in[3];
+    const bool* md = m.data<bool>();
+    const auto off = row_offsets(m);  // one row of T flags per batch row
+    const int64_t ms = m.strides().back();
+    mask_rows.resize(B * T);
+    for (int64_t b = 0; b < B; ++b) {
+      for (int64_t j = 0; j < T; ++j) mask_rows[b * T + j] = md[off[b] + j * ms];
+    }
+  }
+  float* od = out[0].data<float>();
+  float* sd = out[1].data<float>();
+  std::vector<AttendRow> rows;
+  rows.reserve(B * H * G);
+  for (int64_t b = 0; b < B; ++b) {
+    for (int64_t h = 0; h < H; ++h) {
+      for (int64_t g = 0; g < G; ++g) {
+        const int64_t row = (b * H + h) * G + g;
+        const auto* mask =
+            mask_rows.empty() ? nullptr : reinterpret_cast<const bool*>(&mask_rows[b * T]);
+        rows.push_back({qd + b * qs[0] + h * qs[1] + g * qs[2], kd + b * ks[0] + h * ks[1],
+                        vd + b * vs[0] + h * vs[1], mask, sd + row * T, od + row * D, D, T, ks[2],
+                        vs[2]});
+      }
+    }
+  }
+  attend_rows(rows.data(), static_cast<int64_t>(rows.size()));
+}
+
+class DecodeAttention : public mx::Primitive {
+ public:
+  explicit DecodeAttention(mx::Stream stream) : mx::Primitive(stream) {}
+
+  void eval_cpu(const std::vector<mx::array>& inputs, std::vector<mx::array>& outputs) override {
+    for (auto& o : outputs) o.set_data(mx::allocator::malloc(o.nbytes()));
+    auto& encoder = mx::cpu::get_command_encoder(stream());
+    std::vector<mx::array> in, out;
+    for (auto& a : inputs) {
+      encoder.set_input_array(a);
+      in.push_back(mx::array::unsafe_weak_copy(a));
+    }
+    for (auto& o : outputs) {
+      encoder.set_output_array(o);
+      out.push_back(mx::array::unsafe_weak_copy(o));
+    }
+    encoder.dispatch(
+        [in = std::move(in), out = std::move(out)]() mutable { run_attention(in, out); });
+  }
+
+  void eval_gpu(const std::vector<mx::array>&, std::vector<mx::array>&) override {
+    throw std::runtime_error("[entropix decode_attention] CPU only");
+  }
+
+  const char* name() const override { return "EntropixDecodeAttention"; }
+
+  bool is_equivalent(const mx::Primitive& other) const override {
+    return dynamic_cast<const DecodeAttention*>(&other) != nullptr;
+  }
+
+  std::vector<mx::Shape> output_shapes(const std::vector<mx::array>& inputs) override {
+    const auto& q = inputs[0];
+    return {q.shape(), {q.shape(0), q.shape(1), q.shape(2), inputs[1].shape(2)}};
+  }
+};
+
+std::vector<mx::array> decode_attention(const mx::array& q, const mx::array& k,
+                                        const mx::array& v, const std::optional<mx::array>& mask) {
+  if (q.ndim() != 4 || k.ndim() != 4 || v.shape() != k.shape()) {
+    throw std::invalid_argument("q must be (B, Hkv, G, D) and k, v both (B, Hkv, T, D)");
+  }
+  if (k.shape(0) != q.shape(0) || k.shape(1) != q.shape(1) || k.shape(3) != q.shape(3)) {
+    throw std::invalid_argument("q and k disagree on B, Hkv or D");
+  }
+  const int B = q.shape(0), T = k.shape(2);
+  std::vector<mx::array> inputs{f32(q), f32(k), f32(v)};
+  if (mask) {
+    if (mask->size() != static_cast<size_t>(B) * T || mask->shape(-1) != T) {
+      throw std::invalid_argument("mask must hold B x T flags, e.g. (B, 1, 1, T)");
+    }
+    inputs.push_back(mx::astype(mx::reshape(*mask, {B, T}), mx::bool_));
+  }
+  mx::Shape scores{q.shape(0), q.shape(1), q.shape(2), T};
+  return mx::array::make_arrays({q.shape(), scores}, {mx::float32, mx::float32},
+                                std::make_shared<DecodeAttention>(cpu_stream()), inputs);
+}
+
 std::vector<mx::array> build_matmul(const mx::array& x, const mx::array& packed, int64_t n,
                                     int64_t k, int bits, const std::optional<mx::array>& norm,
                                     float eps, const std::optional<mx::array>& residual, bool glu,
@@ -448,6 +572,8 @@ NB_MODULE(_qmv, m) {
         "The packed matrix's rows (all of them, glu pairs interleaved by tile) in float32.");
   m.def("qembed", &qembed, "ids"_a, "packed"_a, "n"_a, "k"_a, "bits"_a,
         "Rows `ids` of the packed matrix, in float32.");
+  m.def("decode_attention", &decode_attention, "q"_a, "k"_a, "v"_a, "mask"_a = nb::none(),
+        "(softmax(q·kᵀ)·v, q·kᵀ) for one decode step, masked keys -inf (see qmv.cpp).");
   m.def("packed_bytes", &packed_bytes, "n"_a, "k"_a, "bits"_a);
   m.def("kernel_name", &kernel_name);
   m.def("num_threads", &num_threads);
