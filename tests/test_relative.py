@@ -191,7 +191,8 @@ def test_a_calibrated_relative_profile_round_trips(tmp_path: Path) -> None:
     loaded = load_profile(str(path))
     assert loaded == replace(cfg, profile="rel") and loaded.form == "relative"
     # chat sessions and replayed runs save the config with asdict and rebuild it
-    assert SamplerConfig(**dataclasses.asdict(loaded)) == loaded
+    rebuilt = SamplerConfig(**dataclasses.asdict(loaded))
+    assert rebuilt == loaded and hash(rebuilt) == hash(loaded)
 
 
 def test_the_shipped_smollm2_scale_drives_a_relative_profile(tmp_path: Path) -> None:

@@ -74,6 +74,9 @@ class MetricScale:
         knots = {m: np.quantile(values[m], levels) for m in SCALE_METRICS}
         return cls(tuple(levels), {m: tuple(round(float(x), 6) for x in knots[m]) for m in knots})
 
+    def __hash__(self) -> int:  # the knots are a dict: hash their items (SamplerConfig hashes us)
+        return hash((self.levels, tuple(self.knots.items())))
+
     def __str__(self) -> str:
         return f"{len(self.levels)} quantile knots per metric"
 
