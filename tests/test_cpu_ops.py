@@ -37,6 +37,19 @@ def test_softmax_matches_float64_and_gives_masked_entries_exact_zeros() -> None:
     assert (got[np.isinf(x)] == 0).all()
 
 
+def test_logsumexp_matches_float64_with_masked_entries() -> None:
+    rng = np.random.default_rng(5)
+    x = (rng.standard_normal((3, 49152)) * 6).astype(np.float32)
+    x[1, ::3] = -np.inf
+    got = np.array(cpu_ops.logsumexp(mx.array(x)))
+    x64 = x.astype(np.float64)
+    top = x64.max(-1)
+    want = top + np.log(np.exp(x64 - top[:, None]).sum(-1))
+    # float32 sums over 49k terms (MLX's CPU reduction is sequential): ~1e-6, as mx.logsumexp's
+    theirs = np.array(mx.logsumexp(mx.array(x), axis=-1))
+    assert np.max(np.abs(got / want - 1)) <= max(5e-6, 2 * np.max(np.abs(theirs / want - 1)))
+
+
 def test_swiglu_matches_float64() -> None:
     rng = np.random.default_rng(2)
     gate, up = (

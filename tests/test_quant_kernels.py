@@ -358,3 +358,75 @@ def test_decode_attention_bad_shapes_raise():
         ext.decode_attention(q, mx.zeros((1, 3, 5, 16)), mx.zeros((1, 3, 5, 16)))
     with pytest.raises(ValueError, match="mask must hold"):
         ext.decode_attention(q, k, k, mx.ones((1, 1, 1, 4), dtype=mx.bool_))
+
+
+def rope64(x, cos, sin):
+    """Non-traditional RoPE in float64: halves rotated by the angles' cos and sin."""
+    n = x.shape[-1] // 2
+    a, b = x[..., :n], x[..., n:]
+    return np.concatenate([a * cos - b * sin, b * cos + a * sin], axis=-1)
+
+
+@pytest.mark.parametrize("per_row", [False, True])
+def test_a_decode_step_writes_the_cache_and_attends_with_rope(per_row):
+    """cache_write puts the RoPE'd key (and the value as it is) at `slot`; decode_attention rotates
+    and scales the queries and reads only the first `length` positions of the buffers."""
+    rng = np.random.default_rng(3)
+    B, Hkv, G, D, S, slot = 2, 3, 3, 64, 48, 29
+    kb = rng.standard_normal((B, Hkv, S, D)).astype(np.float32)
+    vb = rng.standard_normal((B, Hkv, S, D)).astype(np.float32)
+    q = rng.standard_normal((B, 1, Hkv * G * D)).astype(np.float32)
+    k_new = rng.standard_normal((B, 1, Hkv * D)).astype(np.float32)
+    v_new = rng.standard_normal((B, 1, Hkv * D)).astype(np.float32)
+    positions = np.array([slot, slot - 5]) if per_row else np.array([slot])
+    angles = positions[:, None] / (10000.0 ** (np.arange(D // 2) / (D // 2)))
+    cos, sin = np.cos(angles), np.sin(angles)
+    trig = [mx.array(t.astype(np.float32)) for t in (cos, sin, cos / 8, sin / 8)]
+    ext = quant.native()
+    keys = ext.cache_write(mx.array(kb), mx.array(k_new), slot, cos=trig[0], sin=trig[1])
+    values = ext.cache_write(mx.array(vb), mx.array(v_new), slot)
+    out, scores = ext.decode_attention(
+        mx.array(q).reshape(B, Hkv, G, D), keys, values, length=slot + 1, cos=trig[2], sin=trig[3]
+    )
+    c, s = cos[:, None, :], sin[:, None, :]  # (1 or B, 1, D/2) over heads
+    want_k, want_v = kb.astype(np.float64), vb.astype(np.float64)
+    want_k[:, :, slot] = rope64(k_new.reshape(B, Hkv, D), c, s)
+    want_v[:, :, slot] = v_new.reshape(B, Hkv, D)
+    np.testing.assert_allclose(np.array(keys), want_k, atol=2e-6)
+    np.testing.assert_array_equal(np.array(values), want_v.astype(np.float32))
+    qr = rope64(q.reshape(B, Hkv * G, D), c, s).reshape(B, Hkv, G, D) / 8
+    seen = slice(0, slot + 1)
+    want_out, want_scores = attention64(qr, want_k[:, :, seen], want_v[:, :, seen], None)
+    np.testing.assert_allclose(np.array(scores), want_scores, atol=2e-5)
+    np.testing.assert_allclose(np.array(out), want_out, atol=2e-5)
+
+
+def test_cache_write_leaves_a_buffer_someone_still_holds_unchanged():
+    """The buffer is reused in place only when nothing else holds it: a held one is copied."""
+    rng = np.random.default_rng(4)
+    before = rng.standard_normal((1, 2, 8, 16)).astype(np.float32)
+    held = mx.array(before)
+    mx.eval(held)
+    after = quant.native().cache_write(held, mx.ones((1, 1, 32)), 3)
+    mx.eval(after)
+    np.testing.assert_array_equal(np.array(held), before)  # the caller's array: untouched
+    expected = before.copy()
+    expected[:, :, 3] = 1.0
+    np.testing.assert_array_equal(np.array(after), expected)
+    view = held[:, :, 2:]  # a strided view is copied too, into a contiguous buffer
+    np.testing.assert_array_equal(
+        np.array(quant.native().cache_write(view, mx.zeros((32,)), 0))[:, :, 1:], before[:, :, 3:]
+    )
+
+
+def test_cache_write_bad_arguments_raise():
+    ext = quant.native()
+    buf = mx.zeros((1, 2, 8, 16))
+    with pytest.raises(ValueError, match="slot must be"):
+        ext.cache_write(buf, mx.zeros((32,)), 8)
+    with pytest.raises(ValueError, match="B x Hkv x D"):
+        ext.cache_write(buf, mx.zeros((31,)), 0)
+    with pytest.raises(ValueError, match="give both cos and sin"):
+        ext.cache_write(buf, mx.zeros((32,)), 0, cos=mx.zeros((1, 8)))
+    with pytest.raises(ValueError, match="length must be"):
+        ext.decode_attention(mx.zeros((1, 2, 1, 16)), buf, buf, length=9)

@@ -14,6 +14,7 @@ from ..errors import ContextFullError
 from ..model import backend
 from ..model.cache import KVCache
 from ..model.llama import Model, ModelOutput
+from ..model.ops import logsumexp
 from ..tokenize.tokenizer import Tokenizer
 from .config import SamplerConfig
 from .metrics import Metrics, step_metrics
@@ -114,13 +115,13 @@ def prefill(
 
 def _token_logprob(logits: mx.array, token: mx.array) -> mx.array:
     logits = logits.astype(mx.float32)
-    return logits[token] - mx.logsumexp(logits)
+    return logits[token] - logsumexp(logits)
 
 
 def _top_logprobs(logits: mx.array, k: int) -> tuple[mx.array, mx.array]:
     """The k best (ids, log p) of `logits` (V,), unordered (sorted on the host)."""
     logits = logits.astype(mx.float32)
-    logprobs = logits - mx.logsumexp(logits)
+    logprobs = logits - logsumexp(logits)
     ids = mx.argpartition(-logprobs, kth=k - 1)[:k]
     return ids, logprobs[ids]
 

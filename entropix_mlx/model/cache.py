@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from typing import Any
 
 import mlx.core as mx
@@ -25,20 +25,34 @@ class KVCache:
     def update_and_fetch(self, keys: mx.array, values: mx.array) -> tuple[mx.array, mx.array]:
         """Append `(B, H, L, D)` keys/values; return all valid ones so far."""
         prev = self.offset
-        L = keys.shape[2]
-        if self.keys is None or prev + L > self.keys.shape[2]:
-            self._grow(keys, values, prev + L)
+        B, H, L, Dk = keys.shape
+        self._reserve(B, H, Dk, values.shape[3], keys.dtype, prev + L)
         self.offset += L
         self.keys[..., prev : self.offset, :] = keys
         self.values[..., prev : self.offset, :] = values
         return self.keys[..., : self.offset, :], self.values[..., : self.offset, :]
 
-    def _grow(self, keys: mx.array, values: mx.array, needed: int) -> None:
-        B, H, _, Dk = keys.shape
-        Dv = values.shape[3]
+    def append(
+        self,
+        write: Callable[[mx.array, mx.array, int], tuple[mx.array, mx.array]],
+        shape: tuple[int, int, int],
+        dtype: mx.Dtype,
+    ) -> None:
+        """Append one position through `write(keys, values, slot)`, which returns both buffers
+        with it written: a native kernel (RoPE included) that reuses the buffers in place. `shape`
+        is (B, heads, head_dim). Afterwards `keys`/`values` are the whole buffers, valid up to
+        `offset`."""
+        B, H, D = shape
+        self._reserve(B, H, D, D, dtype, self.offset + 1)
+        self.keys, self.values = write(self.keys, self.values, self.offset)
+        self.offset += 1
+
+    def _reserve(self, B: int, H: int, Dk: int, Dv: int, dtype: mx.Dtype, needed: int) -> None:
+        if self.keys is not None and needed <= self.keys.shape[2]:
+            return
         size = ((needed + self.step - 1) // self.step) * self.step
-        new_k = mx.zeros((B, H, size, Dk), keys.dtype)
-        new_v = mx.zeros((B, H, size, Dv), values.dtype)
+        new_k = mx.zeros((B, H, size, Dk), dtype)
+        new_v = mx.zeros((B, H, size, Dv), dtype)
         if self.keys is not None and self.offset:
             new_k[..., : self.offset, :] = self.keys[..., : self.offset, :]
             new_v[..., : self.offset, :] = self.values[..., : self.offset, :]

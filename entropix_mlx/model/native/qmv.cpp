@@ -9,9 +9,12 @@
 //       `precise`: activations in two int8 levels (x ≈ d·q + d2·q2) instead of one.
 //   qembed(ids, packed, n, k, bits): rows `ids` of W in float32 (embedding lookups).
 //   qdequant(packed, n, k, bits): all of W in float32 (prompts of many rows go to BLAS).
-//   decode_attention(q, k, v, mask=None): one decode step's attention for every query row,
-//       (out, scores) = (softmax(q·kᵀ)·v, q·kᵀ), masked keys -inf (attention.cpp). q (B, Hkv, G,
-//       D) already scaled, k and v (B, Hkv, T, D): the cache's views, read in place.
+//   decode_attention(q, k, v, mask=None, *, length, cos, sin, scale): one decode step's attention
+//       for every query row, (out, scores) = (softmax(q'·kᵀ)·v, q'·kᵀ) with q' = RoPE(q)·scale,
+//       over the first `length` keys, masked keys -inf (attention.cpp). q (B, Hkv, G, D), k and v
+//       (B, Hkv, ≥length, D): the cache's buffers, read in place.
+//   cache_write(buf, values, slot, *, cos, sin): the cache buffer with one position written
+//       (RoPE'd keys, or values as they are), the buffer donated: a decode step's cache update.
 //
 // CPU only: the GPU backends keep MLX's own quantized kernels.
 #include <nanobind/nanobind.h>
@@ -378,35 +381,82 @@ const float* last_axis_contiguous(const mx::array& a, std::vector<float>& copy) 
   return copy.data();
 }
 
-void run_attention(const std::vector<mx::array>& in, std::vector<mx::array>& out) {
+// A copied array is row-contiguous; a view keeps its strides.
+std::vector<int64_t> strides_of(const mx::array& a, const std::vector<float>& copy) {
+  std::vector<int64_t> s(a.strides().begin(), a.strides().end());
+  if (!copy.empty()) {
+    int64_t acc = 1;
+    for (int i = static_cast<int>(a.ndim()) - 1; i >= 0; --i) {
+      s[i] = acc;
+      acc *= a.shape(i);
+    }
+  }
+  return s;
+}
+
+// Non-traditional RoPE of one head's d values (halves rotated by cos/sin of d/2 angles), times
+// `scale`: the arithmetic of the rotation matrices in ops.py.
+void rope(const float* x, const float* cos, const float* sin, int64_t d, float scale, float* out) {
+  const int64_t n = d / 2;
+  for (int64_t i = 0; i < n; ++i) {
+    const float c = cos[i] * scale, s = sin[i] * scale;
+    out[i] = x[i] * c - x[i + n] * s;
+    out[i + n] = x[i + n] * c + x[i] * s;
+  }
+}
+
+struct AttentionSpec {
+  int64_t length;  // keys attended: the first `length` of k and v
+  float scale;     // q's factor (with RoPE, folded into the rotation)
+  bool mask, rope;
+
+  bool operator==(const AttentionSpec&) const = default;
+};
+
+// inputs: q (B, Hkv, G, D), k, v (B, Hkv, ≥length, D), [mask (B, length)], [cos, sin (R, D/2)]
+void run_attention(const AttentionSpec& spec, const std::vector<mx::array>& in,
+                   std::vector<mx::array>& out) {
   const mx::array &q = in[0], &k = in[1], &v = in[2];
-  const int64_t B = q.shape(0), H = q.shape(1), G = q.shape(2), D = q.shape(3), T = k.shape(2);
+  const int64_t B = q.shape(0), H = q.shape(1), G = q.shape(2), D = q.shape(3), T = spec.length;
   std::vector<float> qc, kc, vc;
   const float* qd = last_axis_contiguous(q, qc);
   const float* kd = last_axis_contiguous(k, kc);
   const float* vd = last_axis_contiguous(v, vc);
-  // A copied array is row-contiguous; a view keeps its strides.
-  auto strides = [](const mx::array& a, const std::vector<float>& copy) {
-    std::vector<int64_t> s(a.strides().begin(), a.strides().end());
-    if (!copy.empty()) {
-      int64_t acc = 1;
-      for (int i = static_cast<int>(a.ndim()) - 1; i >= 0; --i) {
-        s[i] = acc;
-        acc *= a.shape(i);
-      }
-    }
-    return s;
-  };
-  const auto qs = strides(q, qc), ks = strides(k, kc), vs = strides(v, vc);
+  const auto qs = strides_of(q, qc), ks = strides_of(k, kc), vs = strides_of(v, vc);
+  size_t next = 3;
   std::vector<uint8_t> mask_rows;  // (B, T) flags, row-contiguous
-  if (in.size() > 3) {
-    const mx::array& m = in[3];
+  if (spec.mask) {
+    const mx::array& m = in[next++];
     const bool* md = m.data<bool>();
     const auto off = row_offsets(m);  // one row of T flags per batch row
     const int64_t ms = m.strides().back();
     mask_rows.resize(B * T);
     for (int64_t b = 0; b < B; ++b) {
       for (int64_t j = 0; j < T; ++j) mask_rows[b * T + j] = md[off[b] + j * ms];
+    }
+  }
+  // The queries, rotated and scaled: (B, H, G, D) row-contiguous.
+  std::vector<float> qr(B * H * G * D);
+  std::vector<float> cc, sc;
+  const float *cos = nullptr, *sin = nullptr;
+  int64_t trig_rows = 0;
+  if (spec.rope) {
+    cos = last_axis_contiguous(in[next], cc);
+    sin = last_axis_contiguous(in[next + 1], sc);
+    trig_rows = in[next].shape(0);  // 1 (one position for all rows) or B
+  }
+  for (int64_t b = 0; b < B; ++b) {
+    for (int64_t h = 0; h < H; ++h) {
+      for (int64_t g = 0; g < G; ++g) {
+        const float* x = qd + b * qs[0] + h * qs[1] + g * qs[2];
+        float* y = qr.data() + ((b * H + h) * G + g) * D;
+        if (spec.rope) {
+          const int64_t r = trig_rows == 1 ? 0 : b;
+          rope(x, cos + r * (D / 2), sin + r * (D / 2), D, spec.scale, y);
+        } else {
+          for (int64_t c = 0; c < D; ++c) y[c] = x[c] * spec.scale;
+        }
+      }
     }
   }
   float* od = out[0].data<float>();
@@ -419,33 +469,41 @@ void run_attention(const std::vector<mx::array>& in, std::vector<mx::array>& out
         const int64_t row = (b * H + h) * G + g;
         const auto* mask =
             mask_rows.empty() ? nullptr : reinterpret_cast<const bool*>(&mask_rows[b * T]);
-        rows.push_back({qd + b * qs[0] + h * qs[1] + g * qs[2], kd + b * ks[0] + h * ks[1],
-                        vd + b * vs[0] + h * vs[1], mask, sd + row * T, od + row * D, D, T, ks[2],
-                        vs[2]});
+        rows.push_back({qr.data() + row * D, kd + b * ks[0] + h * ks[1], vd + b * vs[0] + h * vs[1],
+                        mask, sd + row * T, od + row * D, D, T, ks[2], vs[2]});
       }
     }
   }
   attend_rows(rows.data(), static_cast<int64_t>(rows.size()));
 }
 
+// Dispatches `run(in, out)` on the CPU stream with every output allocated.
+template <class Run>
+void dispatch(mx::Stream stream, const std::vector<mx::array>& inputs,
+              std::vector<mx::array>& outputs, Run run) {
+  for (auto& o : outputs) {
+    if (!o.data_shared_ptr()) o.set_data(mx::allocator::malloc(o.nbytes()));
+  }
+  auto& encoder = mx::cpu::get_command_encoder(stream);
+  std::vector<mx::array> in, out;
+  for (auto& a : inputs) {
+    encoder.set_input_array(a);
+    in.push_back(mx::array::unsafe_weak_copy(a));
+  }
+  for (auto& o : outputs) {
+    encoder.set_output_array(o);
+    out.push_back(mx::array::unsafe_weak_copy(o));
+  }
+  encoder.dispatch([in = std::move(in), out = std::move(out), run]() mutable { run(in, out); });
+}
+
 class DecodeAttention : public mx::Primitive {
  public:
-  explicit DecodeAttention(mx::Stream stream) : mx::Primitive(stream) {}
+  DecodeAttention(mx::Stream stream, AttentionSpec spec) : mx::Primitive(stream), spec_(spec) {}
 
   void eval_cpu(const std::vector<mx::array>& inputs, std::vector<mx::array>& outputs) override {
-    for (auto& o : outputs) o.set_data(mx::allocator::malloc(o.nbytes()));
-    auto& encoder = mx::cpu::get_command_encoder(stream());
-    std::vector<mx::array> in, out;
-    for (auto& a : inputs) {
-      encoder.set_input_array(a);
-      in.push_back(mx::array::unsafe_weak_copy(a));
-    }
-    for (auto& o : outputs) {
-      encoder.set_output_array(o);
-      out.push_back(mx::array::unsafe_weak_copy(o));
-    }
-    encoder.dispatch(
-        [in = std::move(in), out = std::move(out)]() mutable { run_attention(in, out); });
+    dispatch(stream(), inputs, outputs,
+             [spec = spec_](std::vector<mx::array>& in, std::vector<mx::array>& out) { run_attention(spec, in, out); });
   }
 
   void eval_gpu(const std::vector<mx::array>&, std::vector<mx::array>&) override {
@@ -455,34 +513,153 @@ class DecodeAttention : public mx::Primitive {
   const char* name() const override { return "EntropixDecodeAttention"; }
 
   bool is_equivalent(const mx::Primitive& other) const override {
-    return dynamic_cast<const DecodeAttention*>(&other) != nullptr;
+    auto* o = dynamic_cast<const DecodeAttention*>(&other);
+    return o && o->spec_ == spec_;
   }
 
   std::vector<mx::Shape> output_shapes(const std::vector<mx::array>& inputs) override {
     const auto& q = inputs[0];
-    return {q.shape(), {q.shape(0), q.shape(1), q.shape(2), inputs[1].shape(2)}};
+    return {q.shape(), {q.shape(0), q.shape(1), q.shape(2), static_cast<int>(spec_.length)}};
   }
+
+ private:
+  AttentionSpec spec_;
 };
 
+void check_trig(const std::optional<mx::array>& cos, const std::optional<mx::array>& sin, int B,
+                int D) {
+  if (cos.has_value() != sin.has_value()) throw std::invalid_argument("give both cos and sin");
+  if (!cos) return;
+  for (const auto* t : {&*cos, &*sin}) {
+    if (t->ndim() != 2 || (t->shape(0) != 1 && t->shape(0) != B) || 2 * t->shape(1) != D) {
+      throw std::invalid_argument("cos and sin must be (1 or B, D/2)");
+    }
+  }
+}
+
 std::vector<mx::array> decode_attention(const mx::array& q, const mx::array& k,
-                                        const mx::array& v, const std::optional<mx::array>& mask) {
+                                        const mx::array& v, const std::optional<mx::array>& mask,
+                                        int length, const std::optional<mx::array>& cos,
+                                        const std::optional<mx::array>& sin, float scale) {
   if (q.ndim() != 4 || k.ndim() != 4 || v.shape() != k.shape()) {
     throw std::invalid_argument("q must be (B, Hkv, G, D) and k, v both (B, Hkv, T, D)");
   }
   if (k.shape(0) != q.shape(0) || k.shape(1) != q.shape(1) || k.shape(3) != q.shape(3)) {
     throw std::invalid_argument("q and k disagree on B, Hkv or D");
   }
-  const int B = q.shape(0), T = k.shape(2);
+  const int B = q.shape(0), T = length < 0 ? k.shape(2) : length;
+  if (T < 1 || T > k.shape(2)) throw std::invalid_argument("length must be in 1..k.shape[2]");
+  check_trig(cos, sin, B, q.shape(3));
   std::vector<mx::array> inputs{f32(q), f32(k), f32(v)};
   if (mask) {
     if (mask->size() != static_cast<size_t>(B) * T || mask->shape(-1) != T) {
-      throw std::invalid_argument("mask must hold B x T flags, e.g. (B, 1, 1, T)");
+      throw std::invalid_argument("mask must hold B x length flags, e.g. (B, 1, 1, length)");
     }
     inputs.push_back(mx::astype(mx::reshape(*mask, {B, T}), mx::bool_));
   }
+  if (cos) {
+    inputs.push_back(f32(*cos));
+    inputs.push_back(f32(*sin));
+  }
+  AttentionSpec spec{T, scale, mask.has_value(), cos.has_value()};
   mx::Shape scores{q.shape(0), q.shape(1), q.shape(2), T};
   return mx::array::make_arrays({q.shape(), scores}, {mx::float32, mx::float32},
-                                std::make_shared<DecodeAttention>(cpu_stream()), inputs);
+                                std::make_shared<DecodeAttention>(cpu_stream(), spec), inputs);
+}
+
+// The cache buffer (B, Hkv, S, D) with `new` (B·Hkv·D values, head-major) written at position
+// `slot` of every head, RoPE'd when cos/sin are given. The buffer is donated when nothing else
+// holds it (the KV cache rebinds to the result), so a step writes one row, not the buffer.
+class CacheWrite : public mx::UnaryPrimitive {
+ public:
+  CacheWrite(mx::Stream stream, int64_t slot, bool rope)
+      : mx::UnaryPrimitive(stream), slot_(slot), rope_(rope) {}
+
+  void eval_cpu(const std::vector<mx::array>& inputs, mx::array& out) override {
+    const auto& buf = inputs[0];
+    const bool donate = buf.is_donatable() && buf.flags().row_contiguous;
+    if (donate) out.copy_shared_buffer(buf);
+    std::vector<mx::array> outputs{out};
+    dispatch(stream(), inputs, outputs, [slot = slot_, rope_on = rope_, donate](std::vector<mx::array>& in, std::vector<mx::array>& o) {
+      const mx::array& b = in[0];
+      float* dst = o[0].data<float>();
+      const int64_t B = b.shape(0), H = b.shape(1), S = b.shape(2), D = b.shape(3);
+      if (!donate) {  // a fresh row-contiguous copy of the buffer first
+        std::vector<float> copy;
+        const float* src = last_axis_contiguous(b, copy);
+        const auto st = strides_of(b, copy);
+        for (int64_t i = 0; i < B; ++i) {
+          for (int64_t h = 0; h < H; ++h) {
+            for (int64_t s = 0; s < S; ++s) {
+              std::memcpy(dst + ((i * H + h) * S + s) * D, src + i * st[0] + h * st[1] + s * st[2],
+                          D * sizeof(float));
+            }
+          }
+        }
+      }
+      std::vector<float> nc, cc, sc;
+      const float* x = last_axis_contiguous(in[1], nc);  // contiguous: B·H·D head-major values
+      const float *cos = nullptr, *sin = nullptr;
+      int64_t trig_rows = 0;
+      if (rope_on) {
+        cos = last_axis_contiguous(in[2], cc);
+        sin = last_axis_contiguous(in[3], sc);
+        trig_rows = in[2].shape(0);
+      }
+      for (int64_t i = 0; i < B; ++i) {
+        for (int64_t h = 0; h < H; ++h) {
+          const float* src = x + (i * H + h) * D;
+          float* row = dst + ((i * H + h) * S + slot) * D;
+          if (rope_on) {
+            const int64_t r = trig_rows == 1 ? 0 : i;
+            rope(src, cos + r * (D / 2), sin + r * (D / 2), D, 1.0f, row);
+          } else {
+            std::memcpy(row, src, D * sizeof(float));
+          }
+        }
+      }
+    });
+  }
+
+  void eval_gpu(const std::vector<mx::array>&, mx::array&) override {
+    throw std::runtime_error("[entropix cache_write] CPU only");
+  }
+
+  const char* name() const override { return "EntropixCacheWrite"; }
+
+  bool is_equivalent(const mx::Primitive& other) const override {
+    auto* o = dynamic_cast<const CacheWrite*>(&other);
+    return o && o->slot_ == slot_ && o->rope_ == rope_;
+  }
+
+  std::vector<mx::Shape> output_shapes(const std::vector<mx::array>& inputs) override {
+    return {inputs[0].shape()};
+  }
+
+ private:
+  int64_t slot_;
+  bool rope_;
+};
+
+mx::array cache_write(const mx::array& buf, const mx::array& values, int slot,
+                      const std::optional<mx::array>& cos, const std::optional<mx::array>& sin) {
+  if (buf.ndim() != 4 || buf.dtype() != mx::float32) {
+    throw std::invalid_argument("the cache buffer must be float32 (B, Hkv, S, D)");
+  }
+  const int B = buf.shape(0), H = buf.shape(1), S = buf.shape(2), D = buf.shape(3);
+  if (slot < 0 || slot >= S) throw std::invalid_argument("slot must be in 0..S-1");
+  if (values.size() != static_cast<size_t>(B) * H * D) {
+    throw std::invalid_argument("values must hold B x Hkv x D numbers");
+  }
+  check_trig(cos, sin, B, D);
+  // Row-contiguous B·H·D values: a reshape of (B, 1, H·D) projections costs nothing.
+  std::vector<mx::array> inputs{buf, mx::contiguous(mx::reshape(f32(values), {B * H * D}))};
+  if (cos) {
+    inputs.push_back(f32(*cos));
+    inputs.push_back(f32(*sin));
+  }
+  return mx::array(buf.shape(), mx::float32,
+                   std::make_shared<CacheWrite>(cpu_stream(), slot, cos.has_value()), inputs);
 }
 
 std::vector<mx::array> build_matmul(const mx::array& x, const mx::array& packed, int64_t n,
@@ -573,7 +750,12 @@ NB_MODULE(_qmv, m) {
   m.def("qembed", &qembed, "ids"_a, "packed"_a, "n"_a, "k"_a, "bits"_a,
         "Rows `ids` of the packed matrix, in float32.");
   m.def("decode_attention", &decode_attention, "q"_a, "k"_a, "v"_a, "mask"_a = nb::none(),
-        "(softmax(q·kᵀ)·v, q·kᵀ) for one decode step, masked keys -inf (see qmv.cpp).");
+        nb::kw_only(), "length"_a = -1, "cos"_a = nb::none(), "sin"_a = nb::none(),
+        "scale"_a = 1.0f,
+        "(softmax(q'·kᵀ)·v, q'·kᵀ) over the first `length` keys, q' = RoPE(q)·scale (see qmv.cpp).");
+  m.def("cache_write", &cache_write, "buf"_a, "values"_a, "slot"_a, nb::kw_only(),
+        "cos"_a = nb::none(), "sin"_a = nb::none(),
+        "The cache buffer with `values` written (RoPE'd) at `slot`, donated when possible.");
   m.def("packed_bytes", &packed_bytes, "n"_a, "k"_a, "bits"_a);
   m.def("kernel_name", &kernel_name);
   m.def("num_threads", &num_threads);
