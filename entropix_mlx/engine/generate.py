@@ -83,9 +83,9 @@ class Summary:
 # activations stay ~20 MB (prompt attention runs in 128-query blocks), so 512 it is.
 PREFILL_CHUNK = 512
 
-# A prompt of this many tokens leaves its activations in MLX's buffer cache and glibc's heap; give
-# them back (default model, packed, 500-token prompt: RSS 168 MiB right after, 245 after 32 decoded
-# tokens instead of 261; ~28 ms once).
+# A prompt of this many tokens leaves its activations in glibc's heap; give them back (default
+# model, packed, 500-token prompt: RSS 261 → 168 MiB right after, 184 after 128 decoded tokens;
+# ~28 ms once).
 RELEASE_AFTER_PROMPT = 256
 
 

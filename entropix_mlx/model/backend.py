@@ -147,6 +147,18 @@ def on_cpu() -> bool:
     return mx.default_device().type == mx.cpu
 
 
+def free_buffers_at_once() -> None:
+    """On MLX's CPU backend, hand freed buffers straight back to malloc instead of MLX's buffer
+    cache. A decode step's buffers change size every token (the scores gain a key), so the cache
+    seldom reuses them and only grows: default model, 500-token prompt, 128 tokens: RSS 245 →
+    184 MiB, decode speed unchanged (47.7 → 51.7 tok/s, within noise). Metal and CUDA keep it:
+    allocating is expensive there."""
+    import mlx.core as mx
+
+    if on_cpu():
+        mx.set_cache_limit(0)
+
+
 def release_memory() -> None:
     """Give freed memory back to the system: MLX's buffer cache, then glibc's free lists.
 

@@ -340,6 +340,7 @@ def load(
     tokenizer = _tokenizer_for(path, ckpt.gguf_metadata)
     notice = _notice(ckpt, layout, not backend.on_cpu())
     ckpt.weights.clear()  # now in the model: repacked or converted ones go back to the system
+    backend.free_buffers_at_once()
     backend.release_memory()
     resident = sum(v.nbytes for _, v in tree_flatten(net.parameters()))
     info = ModelInfo(
