@@ -230,6 +230,7 @@ def test_eval_end_to_end(monkeypatch, capsys, tmp_path: Path, tiny_path: Path) -
         str(out),
         "--plain",
     ]
+    monkeypatch.setenv("COLUMNS", "60")  # what a narrow terminal says; stdout here is a pipe
     code, stdout, stderr = run_main(monkeypatch, capsys, args)
     assert code == 0, stderr
     lines = [json.loads(line) for line in out.read_text().splitlines()]
@@ -260,6 +261,9 @@ def test_eval_end_to_end(monkeypatch, capsys, tmp_path: Path, tiny_path: Path) -
     assert re.search(r"sampler\s+acc % \[95% CI\]\s+Δ greedy\s+tokens\s+stop%\s+tok/s", stdout)
     assert re.search(r"greedy\s+\d+\.\d \[\d+\.\d, \d+\.\d\]\s+-", stdout)
     assert re.search(r"entropix\s+\d+\.\d \[\d+\.\d, \d+\.\d\]\s+[+-]\d+\.\d \[", stdout)
+    # Piped, the table is not squeezed into 80 columns: one line per sampler, the mix whole.
+    mix = " ".join(f"{k} {v}" for k, v in sorted(rows["greedy"]["strategies"].items()))
+    assert "…" not in stdout and re.search(rf"greedy\s.*{mix}", stdout), stdout
     assert len([line for line in stderr.splitlines() if line[:2] in ("✓ ", "✗ ")]) == 6
 
 

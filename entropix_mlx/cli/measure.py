@@ -37,6 +37,14 @@ def _out_path(path: Path | None, option: str, suffix: str) -> None:
         _fail(f"{option} {path}: folder {path.parent} does not exist; create it first")
 
 
+def _print_table(console, table) -> None:
+    """A terminal gets the table at its width; a file or pipe has none, so the table gets room
+    for its longest row instead of 80 columns (which cut the strategy mix)."""
+    if not console.is_terminal:
+        console.width = max(console.width, 200)
+    console.print(table)
+
+
 # ── calibrate ─────────────────────────────────────────────────────────────────────────────────
 
 
@@ -285,7 +293,7 @@ def _eval(path, questions, samplers, model, options, seeds, jsonl, plain, batch_
                     }
                 }
             )
-    out.print(tables.eval_table(rows, bar=out.color_system is not None))
+    _print_table(out, tables.eval_table(rows, bar=out.color_system is not None))
 
 
 @app.command(hidden=True)
@@ -457,4 +465,4 @@ def _tune(
     contenders = [Contender.named("greedy"), Contender("tuned", "entropix")]
     answers = answer(heldout, contenders, config)
     console.print(f"held-out ({len(heldout)} questions), the tuned profile against greedy:")
-    console.print(tables.eval_table(tally(answers), bar=console.color_system is not None))
+    _print_table(console, tables.eval_table(tally(answers), bar=console.color_system is not None))
