@@ -215,6 +215,17 @@ def test_shipped_tuned_profile_says_how_it_was_made() -> None:
     assert cfg.profile == "smollm2-tuned" and cfg.temperature < SamplerConfig().temperature
 
 
+def test_shipped_relative_profile_is_tuned_on_the_models_own_scale() -> None:
+    text = (PACKAGE / "engine" / "profiles" / "smollm2-relative.toml").read_text()
+    assert "models" not in tomllib.loads(text)  # `auto` keeps picking smollm2-tuned
+    assert f"tuned for {SMOLLM2} by `entropix tune`" in text and "Held-out (300 questions" in text
+    cfg, calibrated = load_profile("smollm2-relative"), load_profile("smollm2")
+    assert cfg.form == "relative" and cfg.scale == calibrated.scale
+    assert (cfg.low_ent, cfg.high_vent) == (calibrated.low_ent, calibrated.high_vent)
+    hottest = max(cfg.rel_adaptive_temp_to, cfg.rel_explore_temp_to, cfg.rel_resample_temp_to)
+    assert cfg.temperature * hottest < 0.5  # cool everywhere, as the reference form's tuning
+
+
 def test_auto_picks_the_tuned_profile_of_the_model() -> None:
     for name in (SMOLLM2, SMOLLM2 + ".gguf", SMOLLM2.lower()):
         assert profile_for_model(name) == "smollm2-tuned"
@@ -227,7 +238,9 @@ def test_auto_picks_the_tuned_profile_of_the_model() -> None:
 
 
 def test_unknown_profile_lists_the_calibrated_ones() -> None:
-    with pytest.raises(ValueError, match=r"'nope'.*reference, smollm2-tuned, smollm2, auto"):
+    with pytest.raises(
+        ValueError, match=r"'nope'.*reference, smollm2-relative, smollm2-tuned, smollm2, auto"
+    ):
         load_profile("nope")
 
 

@@ -258,7 +258,7 @@ def profile_for_model(model: str) -> str:
 
 
 def load_profile(name_or_path: str, *, model: str | None = None) -> SamplerConfig:
-    """A packaged profile by name (`reference`, `smollm2`, `smollm2-tuned`), `auto` (the one
+    """A packaged profile by name (`reference`, `smollm2`, `smollm2-tuned`, …), `auto` (the one
     tuned or calibrated for `model`, else `reference`) or a TOML file of SamplerConfig fields.
 
     Keys left out keep their defaults; `profile` defaults to the file's stem.
