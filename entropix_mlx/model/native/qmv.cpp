@@ -55,6 +55,26 @@ struct MatmulSpec {
 
 mx::Stream cpu_stream() { return mx::default_stream(mx::Device(mx::Device::cpu)); }
 
+// Dispatches `run(in, out)` on the CPU stream with every output allocated.
+template <class Run>
+void dispatch(mx::Stream stream, const std::vector<mx::array>& inputs,
+              std::vector<mx::array>& outputs, Run run) {
+  for (auto& o : outputs) {
+    if (!o.data_shared_ptr()) o.set_data(mx::allocator::malloc(o.nbytes()));
+  }
+  auto& encoder = mx::cpu::get_command_encoder(stream);
+  std::vector<mx::array> in, out;
+  for (auto& a : inputs) {
+    encoder.set_input_array(a);
+    in.push_back(mx::array::unsafe_weak_copy(a));
+  }
+  for (auto& o : outputs) {
+    encoder.set_output_array(o);
+    out.push_back(mx::array::unsafe_weak_copy(o));
+  }
+  encoder.dispatch([in = std::move(in), out = std::move(out), run]() mutable { run(in, out); });
+}
+
 // Element offset of each row (every axis but the last) of `a`; broadcast axes have stride 0.
 std::vector<int64_t> row_offsets(const mx::array& a) {
   const int nd = static_cast<int>(a.ndim());
@@ -181,20 +201,10 @@ class QuantMatmul : public mx::Primitive {
   QuantMatmul(mx::Stream stream, MatmulSpec spec) : mx::Primitive(stream), spec_(std::move(spec)) {}
 
   void eval_cpu(const std::vector<mx::array>& inputs, std::vector<mx::array>& outputs) override {
-    for (auto& o : outputs) o.set_data(mx::allocator::malloc(o.nbytes()));
-    auto& encoder = mx::cpu::get_command_encoder(stream());
-    std::vector<mx::array> in, out;
-    for (auto& a : inputs) {
-      encoder.set_input_array(a);
-      in.push_back(mx::array::unsafe_weak_copy(a));
-    }
-    for (auto& o : outputs) {
-      encoder.set_output_array(o);
-      out.push_back(mx::array::unsafe_weak_copy(o));
-    }
-    encoder.dispatch([spec = spec_, in = std::move(in), out = std::move(out)]() mutable {
-      run_matmul(spec, in, out);
-    });
+    dispatch(stream(), inputs, outputs,
+             [spec = spec_](std::vector<mx::array>& in, std::vector<mx::array>& out) {
+               run_matmul(spec, in, out);
+             });
   }
 
   void eval_gpu(const std::vector<mx::array>&, std::vector<mx::array>&) override {
@@ -477,33 +487,15 @@ void run_attention(const AttentionSpec& spec, const std::vector<mx::array>& in,
   attend_rows(rows.data(), static_cast<int64_t>(rows.size()));
 }
 
-// Dispatches `run(in, out)` on the CPU stream with every output allocated.
-template <class Run>
-void dispatch(mx::Stream stream, const std::vector<mx::array>& inputs,
-              std::vector<mx::array>& outputs, Run run) {
-  for (auto& o : outputs) {
-    if (!o.data_shared_ptr()) o.set_data(mx::allocator::malloc(o.nbytes()));
-  }
-  auto& encoder = mx::cpu::get_command_encoder(stream);
-  std::vector<mx::array> in, out;
-  for (auto& a : inputs) {
-    encoder.set_input_array(a);
-    in.push_back(mx::array::unsafe_weak_copy(a));
-  }
-  for (auto& o : outputs) {
-    encoder.set_output_array(o);
-    out.push_back(mx::array::unsafe_weak_copy(o));
-  }
-  encoder.dispatch([in = std::move(in), out = std::move(out), run]() mutable { run(in, out); });
-}
-
 class DecodeAttention : public mx::Primitive {
  public:
   DecodeAttention(mx::Stream stream, AttentionSpec spec) : mx::Primitive(stream), spec_(spec) {}
 
   void eval_cpu(const std::vector<mx::array>& inputs, std::vector<mx::array>& outputs) override {
     dispatch(stream(), inputs, outputs,
-             [spec = spec_](std::vector<mx::array>& in, std::vector<mx::array>& out) { run_attention(spec, in, out); });
+             [spec = spec_](std::vector<mx::array>& in, std::vector<mx::array>& out) {
+               run_attention(spec, in, out);
+             });
   }
 
   void eval_gpu(const std::vector<mx::array>&, std::vector<mx::array>&) override {
