@@ -195,7 +195,7 @@ class CpuOps(FusedOps):
     ):
         super().__init__(n_heads, n_kv_heads, head_dim, periods)
         self._periods64 = np.asarray(periods, dtype=np.float64)
-        self._rotation: tuple[Any, tuple[mx.array, mx.array]] | None = None  # (key, matrices)
+        self._rotation: tuple[Any, tuple[mx.array, ...]] | None = None  # (key, matrices or trig)
         self.native = native  # the `_qmv` module (quant.native()), or None: MLX's operations
 
     def rms_norm(self, x: mx.array, weight: mx.array, eps: float) -> mx.array:
