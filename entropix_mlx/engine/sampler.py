@@ -7,7 +7,7 @@ comes in as an explicit key on every call. `SamplerConfig` and its profiles live
 from __future__ import annotations
 
 import math
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field, replace
 from typing import Protocol
 
@@ -18,6 +18,7 @@ from ..tokenize.tokenizer import Tokenizer
 from . import dslider
 from .config import INF, SamplerConfig, check_range, check_sampler
 from .metrics import Metrics
+from .scale import with_sums
 
 STRATEGIES = ("argmax", "clarify", "explore", "resample", "adaptive")
 
@@ -164,13 +165,10 @@ RELATIVE_DRIVES = {
 }
 
 
-def relative_value(name: str, m: Metrics, cfg: SamplerConfig) -> float:
-    """`rel_<name>_from` + (`rel_<name>_to` − from) · drive, the drive a mean of quantile levels."""
+def relative_value(name: str, values: Mapping[str, float], cfg: SamplerConfig) -> float:
+    """`rel_<name>_from` + (`rel_<name>_to` − from) · drive, the drive a mean of quantile levels
+    of `values` (a step's metrics `with_sums`)."""
     assert cfg.scale is not None  # SamplerConfig checks the relative form has one
-    values = m.as_dict() | {
-        "logit_unc": m.entropy + m.varentropy,
-        "attn_unc": m.attn_entropy + m.attn_varentropy,
-    }
     levels = []
     for metric in RELATIVE_DRIVES[name]:
         flip, metric = metric.startswith("1-"), metric.removeprefix("1-")
@@ -184,7 +182,8 @@ def relative_value(name: str, m: Metrics, cfg: SamplerConfig) -> float:
 def relative_params(strategy: str, m: Metrics, cfg: SamplerConfig) -> SamplingParams:
     """A strategy's parameters in the relative form: every one inside its stated range."""
     T0, k0, p0, m0 = cfg.temperature, cfg.top_k, cfg.top_p, cfg.min_p
-    value = lambda name: relative_value(name, m, cfg)
+    values = with_sums(m.as_dict())
+    value = lambda name: relative_value(name, values, cfg)
     if strategy == "clarify":
         return SamplingParams(T0 * value("clarify_temp"), k0, p0, m0)
     if strategy == "explore":

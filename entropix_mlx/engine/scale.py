@@ -30,6 +30,15 @@ SCALE_METRICS = (
 LEVELS = (0.0, 0.05, 0.1, 0.2, 0.3, 0.4, 0.5, 0.6, 0.7, 0.8, 0.9, 0.95, 1.0)
 
 
+def with_sums(metrics: Mapping[str, Any]) -> dict[str, Any]:
+    """The six metrics (floats, or arrays of samples) and the two sums of SCALE_METRICS."""
+    return {
+        **metrics,
+        "logit_unc": metrics["entropy"] + metrics["varentropy"],
+        "attn_unc": metrics["attn_entropy"] + metrics["attn_varentropy"],
+    }
+
+
 @dataclass(frozen=True)
 class MetricScale:
     """Quantile `levels` (rising, in [0, 1]) and, per metric, its value at each level."""
@@ -68,9 +77,7 @@ class MetricScale:
         """Knots at `levels` of per-token samples of the six metrics (numpy's linear quantile)."""
         import numpy as np
 
-        values = {name: np.asarray(samples[name], dtype=np.float64) for name in samples}
-        values["logit_unc"] = values["entropy"] + values["varentropy"]
-        values["attn_unc"] = values["attn_entropy"] + values["attn_varentropy"]
+        values = with_sums({m: np.asarray(samples[m], dtype=np.float64) for m in samples})
         knots = {m: np.quantile(values[m], levels) for m in SCALE_METRICS}
         return cls(tuple(levels), {m: tuple(round(float(x), 6) for x in knots[m]) for m in knots})
 

@@ -195,7 +195,7 @@ class CpuOps(FusedOps):
     ):
         super().__init__(n_heads, n_kv_heads, head_dim, periods)
         self._periods64 = np.asarray(periods, dtype=np.float64)
-        self._rotation: tuple[Any, tuple[mx.array, ...]] | None = None  # (key, matrices or trig)
+        self._step: tuple[Any, tuple[mx.array, ...]] | None = None  # (key, tables): `_per_step`
         self.native = native  # the `_qmv` module (quant.native()), or None: MLX's operations
 
     def rms_norm(self, x: mx.array, weight: mx.array, eps: float) -> mx.array:
@@ -250,35 +250,44 @@ class CpuOps(FusedOps):
     def angles(self, position: int | np.ndarray) -> tuple[mx.array, ...]:
         """cos and sin of RoPE's angles at `position` (an int, or one per row), for keys and
         times 1/√D for queries: (1 or B, D/2) float32 each, from float64 (the rotation matrices'
-        numbers); built for the first layer of a step, reused by the rest."""
-        per_row = isinstance(position, np.ndarray)
-        key = ("angles", tuple(position.tolist()) if per_row else position)
-        if self._rotation is None or self._rotation[0] != key:
-            angles = np.atleast_1d(np.asarray(position, dtype=np.float64))[:, None]
-            cos, sin = np.cos(angles / self._periods64), np.sin(angles / self._periods64)
-            trig = (cos, sin, cos * self.scale, sin * self.scale)
-            self._rotation = (key, tuple(mx.array(t, mx.float32) for t in trig))
-        return self._rotation[1]
+        numbers)."""
 
-    def rotations(self, position: int | np.ndarray, dtype: mx.Dtype) -> tuple[mx.array, mx.array]:
+        def build() -> tuple[mx.array, ...]:
+            cos, sin = self._trig(np.atleast_1d(position))
+            trig = (cos, sin, cos * self.scale, sin * self.scale)
+            return tuple(mx.array(t, mx.float32) for t in trig)
+
+        return self._per_step(("angles", position), build)
+
+    def rotations(self, position: int | np.ndarray, dtype: mx.Dtype) -> tuple[mx.array, ...]:
         """RoPE at `position` as `x @ R` for queries (times 1/√D) and keys; angles in float64.
 
-        (D, D) matrices, or (B, 1, D, D) for one position per row. Every layer asks for the same
-        positions in a step: the matrices are built for the first and reused (one entry).
+        (D, D) matrices, or (B, 1, D, D) for one position per row.
         """
-        per_row = isinstance(position, np.ndarray)
-        key = (tuple(position.tolist()) if per_row else position, dtype)
-        if self._rotation is None or self._rotation[0] != key:
-            angles = np.asarray(position, dtype=np.float64)[..., None] / self._periods64  # (…, n)
-            cos, sin = np.cos(angles), np.sin(angles)
-            n = angles.shape[-1]
+
+        def build() -> tuple[mx.array, ...]:
+            cos, sin = self._trig(position)  # (…, n)
+            n = cos.shape[-1]
             i = np.arange(n)
-            rot = np.zeros((*angles.shape[:-1], 2 * n, 2 * n))
+            rot = np.zeros((*cos.shape[:-1], 2 * n, 2 * n))
             # x @ rot = [x₁·cos − x₂·sin, x₂·cos + x₁·sin]
             rot[..., i, i] = rot[..., i + n, i + n] = cos
             rot[..., i + n, i], rot[..., i, i + n] = -sin, sin
-            if per_row:
+            if isinstance(position, np.ndarray):
                 rot = rot[:, None]  # (B, 1, D, D): the same for every head
-            matrices = mx.array(rot * self.scale, dtype=dtype), mx.array(rot, dtype=dtype)
-            self._rotation = (key, matrices)
-        return self._rotation[1]
+            return mx.array(rot * self.scale, dtype=dtype), mx.array(rot, dtype=dtype)
+
+        return self._per_step(("rotations", position, dtype), build)
+
+    def _trig(self, position: int | np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """float64 cos and sin of RoPE's angles, position(s) × (D/2,) periods."""
+        angles = np.asarray(position, dtype=np.float64)[..., None] / self._periods64
+        return np.cos(angles), np.sin(angles)
+
+    def _per_step(self, key: tuple, build: Any) -> tuple[mx.array, ...]:
+        """`build()` for the first layer of a step, its result for the others (one entry: every
+        layer asks for the same positions)."""
+        key = tuple(tuple(k.tolist()) if isinstance(k, np.ndarray) else k for k in key)
+        if self._step is None or self._step[0] != key:
+            self._step = (key, build())
+        return self._step[1]

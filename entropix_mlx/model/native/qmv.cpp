@@ -415,6 +415,33 @@ void rope(const float* x, const float* cos, const float* sin, int64_t d, float s
   }
 }
 
+// The cos and sin inputs `in[at]`, `in[at + 1]` of RoPE's angles, (1 or B, D/2): one row for
+// every batch row or one each (off: no rotation, only the scale).
+struct Trig {
+  Trig(const std::vector<mx::array>& in, size_t at, bool on) {
+    if (!on) return;
+    cos = last_axis_contiguous(in[at], cos_copy);
+    sin = last_axis_contiguous(in[at + 1], sin_copy);
+    rows = in[at].shape(0);
+    half = in[at].shape(1);
+  }
+  Trig(const Trig&) = delete;  // the pointers may point into the copies
+
+  // Batch row b's d = 2·half values x, rotated (or copied) and times `scale`, into out.
+  void apply(const float* x, int64_t b, int64_t d, float scale, float* out) const {
+    if (!cos) {
+      for (int64_t c = 0; c < d; ++c) out[c] = x[c] * scale;
+      return;
+    }
+    const int64_t r = rows == 1 ? 0 : b;
+    rope(x, cos + r * half, sin + r * half, d, scale, out);
+  }
+
+  std::vector<float> cos_copy, sin_copy;
+  const float *cos = nullptr, *sin = nullptr;
+  int64_t rows = 0, half = 0;
+};
+
 struct AttentionSpec {
   int64_t length;  // keys attended: the first `length` of k and v
   float scale;     // q's factor (with RoPE, folded into the rotation)
@@ -447,25 +474,12 @@ void run_attention(const AttentionSpec& spec, const std::vector<mx::array>& in,
   }
   // The queries, rotated and scaled: (B, H, G, D) row-contiguous.
   std::vector<float> qr(B * H * G * D);
-  std::vector<float> cc, sc;
-  const float *cos = nullptr, *sin = nullptr;
-  int64_t trig_rows = 0;
-  if (spec.rope) {
-    cos = last_axis_contiguous(in[next], cc);
-    sin = last_axis_contiguous(in[next + 1], sc);
-    trig_rows = in[next].shape(0);  // 1 (one position for all rows) or B
-  }
+  const Trig trig(in, next, spec.rope);
   for (int64_t b = 0; b < B; ++b) {
     for (int64_t h = 0; h < H; ++h) {
       for (int64_t g = 0; g < G; ++g) {
-        const float* x = qd + b * qs[0] + h * qs[1] + g * qs[2];
-        float* y = qr.data() + ((b * H + h) * G + g) * D;
-        if (spec.rope) {
-          const int64_t r = trig_rows == 1 ? 0 : b;
-          rope(x, cos + r * (D / 2), sin + r * (D / 2), D, spec.scale, y);
-        } else {
-          for (int64_t c = 0; c < D; ++c) y[c] = x[c] * spec.scale;
-        }
+        trig.apply(qd + b * qs[0] + h * qs[1] + g * qs[2], b, D, spec.scale,
+                   qr.data() + ((b * H + h) * G + g) * D);
       }
     }
   }
@@ -589,25 +603,12 @@ class CacheWrite : public mx::UnaryPrimitive {
           }
         }
       }
-      std::vector<float> nc, cc, sc;
+      std::vector<float> nc;
       const float* x = last_axis_contiguous(in[1], nc);  // contiguous: B·H·D head-major values
-      const float *cos = nullptr, *sin = nullptr;
-      int64_t trig_rows = 0;
-      if (rope_on) {
-        cos = last_axis_contiguous(in[2], cc);
-        sin = last_axis_contiguous(in[3], sc);
-        trig_rows = in[2].shape(0);
-      }
+      const Trig trig(in, 2, rope_on);
       for (int64_t i = 0; i < B; ++i) {
         for (int64_t h = 0; h < H; ++h) {
-          const float* src = x + (i * H + h) * D;
-          float* row = dst + ((i * H + h) * S + slot) * D;
-          if (rope_on) {
-            const int64_t r = trig_rows == 1 ? 0 : i;
-            rope(src, cos + r * (D / 2), sin + r * (D / 2), D, 1.0f, row);
-          } else {
-            std::memcpy(row, src, D * sizeof(float));
-          }
+          trig.apply(x + (i * H + h) * D, i, D, 1.0f, dst + ((i * H + h) * S + slot) * D);
         }
       }
     });
