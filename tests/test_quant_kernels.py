@@ -218,6 +218,19 @@ def test_threads_give_the_same_result():
     np.testing.assert_array_equal(one, three)
 
 
+def test_the_pool_hands_each_job_over_whole():
+    """A worker preempted between two jobs once paired the old job's index with the new job's
+    function (a segfault in CI): with three threads on busy cores, 300k jobs found it in most
+    runs. Every index must run exactly once, under its own job."""
+    ext = quant.native()
+    before = ext.num_threads()
+    try:
+        ext.set_num_threads(3)
+        assert ext.pool_check(600_000) == 0
+    finally:
+        ext.set_num_threads(before)
+
+
 def test_bad_arguments_raise():
     rng = np.random.default_rng(10)
     triple, _ = make_weight(rng, 16, 64, 4, 32)

@@ -5,6 +5,7 @@
 #include "kernels.h"
 
 #include <algorithm>
+#include <array>
 #include <atomic>
 #include <condition_variable>
 #include <chrono>
@@ -319,7 +320,8 @@ int env_int(const char* name, int fallback) {
 
 // Workers spin for a while after each job (ENTROPIX_QMV_SPIN_US, default 200 µs), then sleep on
 // a condition variable until the next one. The job counter packs (job id << 32 | next index), so a worker
-// that wakes late can never take an index of a job that is over.
+// that wakes late can never take an index of a job that is over, nor run one job's index with the
+// next job's function (a stress test in tests/test_quant_kernels.py).
 class Pool {
  public:
   explicit Pool(int threads) : spin_us_(env_int("ENTROPIX_QMV_SPIN_US", 200)) {
@@ -341,11 +343,14 @@ class Pool {
       for (int64_t i = 0; i < n; ++i) f(ctx, i);
       return;
     }
-    fn_.store(f, std::memory_order_relaxed);
-    ctx_.store(ctx, std::memory_order_relaxed);
-    n_.store(n, std::memory_order_relaxed);
-    done_.store(0, std::memory_order_relaxed);
+    // Closed first: a late worker of the last job that already read this state can no longer claim
+    // an index (its compare-exchange fails), so it never pairs that job's index with these fields.
     const uint64_t job = (state_.load(std::memory_order_relaxed) >> 32) + 1;
+    state_.store(job << 32 | kClosed, std::memory_order_seq_cst);
+    fn_.store(f, std::memory_order_release);
+    ctx_.store(ctx, std::memory_order_release);
+    n_.store(n, std::memory_order_release);
+    done_.store(0, std::memory_order_relaxed);
     state_.store(job << 32, std::memory_order_seq_cst);
     epoch_.fetch_add(1, std::memory_order_seq_cst);
     if (sleepers_.load(std::memory_order_seq_cst) > 0) wake();
@@ -354,15 +359,22 @@ class Pool {
   }
 
  private:
-  // Take indices of `job` until none are left.
+  static constexpr uint64_t kClosed = 0xffffffffu;  // index part of a state no one may claim
+
+  // Take indices of `job` until none are left. The fields are read after the state and count only
+  // if the compare-exchange then finds that state unchanged: run() changes the state before it
+  // writes the fields of the next job.
   void work(uint64_t job) {
-    auto f = fn_.load(std::memory_order_relaxed);
-    void* ctx = ctx_.load(std::memory_order_relaxed);
-    const int64_t n = n_.load(std::memory_order_relaxed);
     uint64_t s = state_.load(std::memory_order_acquire);
-    while ((s >> 32) == job && static_cast<int64_t>(s & 0xffffffffu) < n) {
-      if (state_.compare_exchange_weak(s, s + 1, std::memory_order_acq_rel)) {
-        f(ctx, static_cast<int64_t>(s & 0xffffffffu));
+    while ((s >> 32) == job) {
+      auto f = fn_.load(std::memory_order_acquire);
+      void* ctx = ctx_.load(std::memory_order_acquire);
+      const int64_t n = n_.load(std::memory_order_acquire);
+      const int64_t i = static_cast<int64_t>(s & kClosed);
+      if (i >= n) return;
+      if (state_.compare_exchange_weak(s, s + 1, std::memory_order_acq_rel,
+                                       std::memory_order_acquire)) {
+        f(ctx, i);
         done_.fetch_add(1, std::memory_order_release);
         s = state_.load(std::memory_order_acquire);
       }
@@ -498,6 +510,37 @@ void set_num_threads(int n) {
   std::lock_guard<std::mutex> lock(pool_mutex);
   requested_threads = n;
   pool.reset();
+}
+
+int64_t pool_check(int64_t jobs) {
+  struct Job {
+    int64_t id = -1;
+    int hits[32] = {};
+  };
+  std::array<Job, 4> ring;
+  std::atomic<int64_t> current{-1}, bad{0};
+  std::atomic<bool> stop{false};
+  std::vector<std::thread> hogs;  // every core busy, so that workers are preempted mid-job
+  for (unsigned i = 0; i < std::max(1u, std::thread::hardware_concurrency()); ++i) {
+    hogs.emplace_back([&] {
+      while (!stop.load(std::memory_order_relaxed)) pause();
+    });
+  }
+  for (int64_t j = 0; j < jobs; ++j) {
+    Job& job = ring[j % ring.size()];
+    const int64_t n = 2 + j % 30;
+    job.id = j;
+    std::fill(std::begin(job.hits), std::end(job.hits), 0);
+    current.store(j);
+    parallel_for(n, [&](int64_t i) {
+      if (job.id != current.load() || i < 0 || i >= n) bad.fetch_add(1);
+      if (i >= 0 && i < 32) __atomic_fetch_add(&job.hits[i], 1, __ATOMIC_RELAXED);
+    });
+    for (int64_t i = 0; i < n; ++i) bad.fetch_add(job.hits[i] != 1);
+  }
+  stop.store(true);
+  for (auto& t : hogs) t.join();
+  return bad.load();
 }
 
 void dequantize_row(const uint8_t* packed, int64_t row, int64_t k, int bits, float* out) {

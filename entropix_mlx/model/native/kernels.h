@@ -70,6 +70,9 @@ void parallel_for(int64_t n, F&& f) {
 }
 int num_threads();
 void set_num_threads(int n);  // 0: the machine's cores
+// Runs `jobs` small jobs through the pool with every core kept busy; how many indices ran other
+// than once or under another job (0 when the pool is right; a test of its hand-over).
+int64_t pool_check(int64_t jobs);
 
 // One row of the original matrix back in float32 (embedding lookups, dense prefill).
 void dequantize_row(const uint8_t* packed, int64_t row, int64_t k, int bits, float* out);

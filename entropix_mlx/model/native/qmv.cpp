@@ -754,4 +754,6 @@ NB_MODULE(_qmv, m) {
   m.def("num_threads", &num_threads);
   m.def("set_num_threads", &set_num_threads, "n"_a);
   m.def("set_force_scalar", &set_force_scalar, "on"_a);
+  m.def("pool_check", &pool_check, "jobs"_a,
+        "Indices the thread pool ran other than once over `jobs` small jobs (0 when right).");
 }
