@@ -80,7 +80,7 @@ def main() -> None:
     if products:
         print(f"  {len(products)} packed products    {t_products * 1e3:7.2f} ms (alone, one graph)")
         rest = t_forward - t_products
-        print(f"  rest of the forward       {rest * 1e3:7.2f} ms (attention, cache, ~15 ops/layer)")
+        print(f"  rest of the forward       {rest * 1e3:7.2f} ms (attention, cache, scheduling)")
     print(f"  metrics, sampler, Python  {(t_step - t_forward) * 1e3:7.2f} ms")
 
 

@@ -414,6 +414,82 @@ def test_a_decode_step_writes_the_cache_and_attends_with_rope(per_row):
     np.testing.assert_allclose(np.array(out), want_out, atol=2e-5)
 
 
+def block_parts(rng, B=2, Hkv=3, G=3, D=64, dim=96, hidden=64, bits=4):
+    """Weights and inputs of a decode block: o (dim, H·D), gate/up (hidden, dim) with SwiGLU,
+    down (dim, hidden), the second norm's weight; x, q and a cache buffer pair."""
+    H = Hkv * G
+    o = quant.pack([make_weight(rng, dim, H * D, bits, 32)[0]], 32, bits)
+    gate_up = quant.pack_glu(
+        make_weight(rng, hidden, dim, bits, 32)[0], make_weight(rng, hidden, dim, bits, 32)[0],
+        32, bits,
+    )  # fmt: skip
+    down = quant.pack([make_weight(rng, dim, hidden, bits, 32)[0]], 32, bits)
+    norm = mx.array(rng.uniform(0.5, 1.5, dim).astype(np.float32))
+    x = mx.array(rng.standard_normal((B, 1, dim)).astype(np.float32))
+    q = mx.array(rng.standard_normal((B, 1, H * D)).astype(np.float32))
+    buf = [mx.array(rng.standard_normal((B, Hkv, 40, D)).astype(np.float32)) for _ in "kv"]
+    return (o, gate_up, down), norm, x, q, buf
+
+
+@pytest.mark.parametrize("masked", [False, True])
+def test_decode_block_is_its_operations_in_one(kernel, masked):
+    """decode_block = decode_attention, then o with the residual, gate/up with the norm, down with
+    its residual, each as its own operation: the same numbers exactly (keys and values read in
+    place from views of larger buffers, one RoPE row per batch row, a left-padding mask)."""
+    rng = np.random.default_rng(11)
+    (o, gate_up, down), norm, x, q, (kb, vb) = block_parts(rng)
+    B, Hkv, G, D, T = 2, 3, 3, 64, 29
+    k, v = kb[:, :, :T], vb[:, :, :T]
+    angles = np.array([[T - 1], [T - 4]]) / (10000.0 ** (np.arange(D // 2) / (D // 2)))
+    cos, sin = (mx.array((f(angles) / 8).astype(np.float32)) for f in (np.cos, np.sin))
+    mask = mx.array(np.arange(T)[None] >= np.array([[0], [3]])).reshape(B, 1, 1, T)
+    mask = mask if masked else None
+    ext = quant.native()
+    out, scores = ext.decode_attention(
+        q.reshape(B, Hkv, G, D), k, v, mask, length=T, cos=cos, sin=sin
+    )
+    h = quant.qmatmul(out.reshape(B, 1, -1), o, residual=x)
+    want = quant.qmatmul(quant.qmatmul(h, gate_up, norm=norm, eps=1e-5), down, residual=h)
+    meta = [n for p in (o, gate_up, down) for n in (p.rows, p.cols, p.bits)]
+    got, got_scores = ext.decode_block(
+        x, q, k, v, [o.data, gate_up.data, down.data], meta, norm, 1e-5,
+        length=T, heads=Hkv * G, cos=cos, sin=sin, mask=mask,
+    )  # fmt: skip
+    assert got_scores.shape == (B, 1, Hkv * G, T)
+    np.testing.assert_array_equal(np.array(got), np.array(want))
+    np.testing.assert_array_equal(np.array(got_scores), np.array(scores).reshape(B, 1, -1, T))
+
+
+def test_decode_block_bad_arguments_raise():
+    rng = np.random.default_rng(12)
+    (o, gate_up, down), norm, x, q, (k, v) = block_parts(rng)
+    weights = [o.data, gate_up.data, down.data]
+    meta = [n for p in (o, gate_up, down) for n in (p.rows, p.cols, p.bits)]
+    trig = {"cos": mx.ones((1, 32)), "sin": mx.zeros((1, 32))}
+    ext = quant.native()
+
+    def call(**change):
+        args = dict(x=x, q=q, k=k, v=v, weights=weights, dims=meta, norm=norm, eps=1e-5)
+        args.update(length=5, heads=9, **trig)
+        args.update(change)
+        return ext.decode_block(**args)
+
+    mx.eval(call())  # the arguments as given are right
+    for change, message in [
+        ({"weights": weights[:2]}, "give 3 packed weights"),
+        ({"length": 41}, "length must be"),
+        ({"heads": 8}, "multiple of Hkv"),
+        ({"dims": meta[:3] + [meta[3] + 8] + meta[4:]}, "packed weights have"),
+        ({"x": x[:, :, :64]}, "x must be"),
+        ({"q": q[:, :, :64]}, "q must be"),
+        ({"norm": norm[:5]}, "norm must be"),
+        ({"mask": mx.ones((2, 1, 1, 4), dtype=mx.bool_)}, "mask must hold"),
+        ({"heads": 6, "dims": [meta[0], 6 * 64] + meta[2:]}, "packed weights have"),
+    ]:
+        with pytest.raises(ValueError, match=message):
+            call(**change)
+
+
 def test_cache_write_leaves_a_buffer_someone_still_holds_unchanged():
     """The buffer is reused in place only when nothing else holds it: a held one is copied."""
     rng = np.random.default_rng(4)

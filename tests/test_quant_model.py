@@ -10,6 +10,7 @@ below are ~4x those.
 
 from __future__ import annotations
 
+import io
 import json
 from pathlib import Path
 
@@ -22,7 +23,9 @@ from conftest import DATA
 from entropix_mlx.engine.generate import prefill
 from entropix_mlx.engine.metrics import METRIC_NAMES, step_metrics
 from entropix_mlx.model import quant
+from entropix_mlx.model.cache import BatchKVCache
 from entropix_mlx.model.load import load
+from entropix_mlx.model.ops import FusedOps
 from entropix_mlx.model.quant import PackedEmbedding, PackedLinear
 
 pytestmark = pytest.mark.skipif(quant.native() is None, reason=str(quant.native_error()))
@@ -128,3 +131,31 @@ def test_float_checkpoint_stays_dense_in_packed_layout(tmp_path: Path) -> None:
     folder = make_tiny_checkpoint(tmp_path / "f")
     model, _, info = load(folder, layout="packed")
     assert info.layout == "dense float32" and not model.packed
+
+
+def _graph(out) -> str:
+    dot = io.StringIO()
+    mx.export_to_dot(dot, out.logits, out.scores)
+    return dot.getvalue()
+
+
+def test_decode_steps_in_blocks_equal_the_blocks_operation_by_operation(tmp_path: Path) -> None:
+    """`CpuOps.block_step` (qkv, two cache writes, `decode_block`: 4 operations a layer) against
+    the same packed blocks one operation at a time: identical logits and scores over a batch with
+    left padding, steps across the cache's growth at 256."""
+    folder = make_tiny_checkpoint(tmp_path / "q", quantize=(32, 4))
+    model, _, _ = load(folder, layout="packed")
+    ids = mx.array(np.random.default_rng(4).integers(1, 10, (2, 262)))
+    runs = {}
+    for mode in ("block", "operations"):
+        if mode == "operations":
+            model.ops.block_step = FusedOps.block_step.__get__(model.ops)  # always None
+        cache = [BatchKVCache([0, 3]) for _ in model.layers]  # row 1: 3 tokens of padding
+        outs = [model(ids[:, :250], cache)]
+        for i in range(250, 262):
+            outs.append(model(ids[:, i : i + 1], cache))
+            assert ("EntropixDecodeBlock" in _graph(outs[-1])) == (mode == "block")
+        runs[mode] = [(np.array(o.logits), np.array(o.scores)) for o in outs]
+    for (a_logits, a_scores), (b_logits, b_scores) in zip(*runs.values(), strict=True):
+        np.testing.assert_array_equal(a_logits, b_logits)
+        np.testing.assert_array_equal(a_scores, b_scores)

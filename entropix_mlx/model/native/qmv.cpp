@@ -15,6 +15,10 @@
 //       (B, Hkv, ≥length, D): the cache's buffers, read in place.
 //   cache_write(buf, values, slot, *, cos, sin): the cache buffer with one position written
 //       (RoPE'd keys, or values as they are), the buffer donated: a decode step's cache update.
+//   decode_block(x, q, k, v, weights, dims, norm, eps, *, length, heads, cos, sin, mask): the rest
+//       of a decoder block after the step's cache writes (decode_attention, o with the residual,
+//       gate/up with the norm, down with the residual) as one operation instead of ~8: on the CPU
+//       each costs ~10 µs to schedule whatever its size, ~2 ms a step on the default model.
 //
 // CPU only: the GPU backends keep MLX's own quantized kernels.
 #include <nanobind/nanobind.h>
@@ -23,6 +27,7 @@
 
 #include <algorithm>
 #include <cmath>
+#include <cstring>
 #include <optional>
 #include <stdexcept>
 #include <string>
@@ -100,15 +105,26 @@ std::vector<int64_t> row_offsets(const mx::array& a) {
 
 float silu_times(float g, float u) { return g / (1.0f + std::exp(-g)) * u; }
 
-void run_matmul(const MatmulSpec& s, const std::vector<mx::array>& in,
-                std::vector<mx::array>& out) {
-  const mx::array& x = in[0];
-  const uint8_t* w = in[1].data<uint8_t>();
-  size_t next = 2;
-  const float* norm = s.norm ? in[next++].data<float>() : nullptr;
-  const mx::array* res = s.residual ? &in[next++] : nullptr;
+// Rows of an operand: row i's values at data + off[i] + c·col_stride; `off` empty: row-contiguous.
+struct Rows {
+  const float* data = nullptr;
+  std::vector<int64_t> off;
+  int64_t col_stride = 1;
+
+  int64_t at(int64_t i, int64_t cols) const { return off.empty() ? i * cols : off[i]; }
+};
+
+Rows rows_of(const mx::array& a) {
+  if (a.flags().row_contiguous) return {a.data<float>(), {}, 1};
+  return {a.data<float>(), row_offsets(a), a.ndim() ? a.strides().back() : 1};
+}
+
+// x (m rows of s.k) @ Wᵀ, with the spec's fusions; the result's column blocks go to dst[i]
+// (rows of widths[i] values, row-contiguous).
+void matmul_rows(const MatmulSpec& s, const uint8_t* w, const float* norm, const Rows& x,
+                 int64_t m, const Rows* res, const std::vector<float*>& dst,
+                 const std::vector<int64_t>& widths) {
   const int64_t k = s.k, nb = k / kBlock;
-  const int64_t m = static_cast<int64_t>(x.size()) / k;
   if (m == 0) return;
 
   const int levels = s.precise ? 2 : 1;
@@ -121,12 +137,9 @@ void run_matmul(const MatmulSpec& s, const std::vector<mx::array>& in,
     xq.d2 = d.data() + m * nb;
     xq.qsum2 = qsum.data() + m * nb;
   }
-  const float* xd = x.data<float>();
-  const int64_t col_stride = x.ndim() ? x.strides().back() : 1;
-  if (x.flags().row_contiguous) {
-    quantize_rows(xd, m, k, k, 1, norm, s.eps, xq);
+  if (x.off.empty()) {
+    quantize_rows(x.data, m, k, k, 1, norm, s.eps, xq);
   } else {
-    const auto off = row_offsets(x);
     for (int64_t i = 0; i < m; ++i) {
       // One row at a time, into row i of the buffers.
       QuantRows row{xq.q + i * k, xq.d + i * nb, xq.qsum + i * nb, xq.sum + i * nb, k};
@@ -135,27 +148,13 @@ void run_matmul(const MatmulSpec& s, const std::vector<mx::array>& in,
         row.d2 = xq.d2 + i * nb;
         row.qsum2 = xq.qsum2 + i * nb;
       }
-      quantize_rows(xd + off[i], 1, k, 0, col_stride, norm, s.eps, row);
+      quantize_rows(x.data + x.off[i], 1, k, 0, x.col_stride, norm, s.eps, row);
     }
   }
 
   // Where each output column goes: splits → (array, column).
   std::vector<int64_t> starts{0};
-  std::vector<float*> dst;
-  std::vector<int64_t> widths;
-  for (auto& o : out) {
-    dst.push_back(o.data<float>());
-    widths.push_back(o.shape(-1));
-    starts.push_back(starts.back() + o.shape(-1));
-  }
-  std::vector<int64_t> res_off;
-  const float* res_data = nullptr;
-  int64_t res_cs = 1;
-  if (res) {
-    res_off = row_offsets(*res);
-    res_data = res->data<float>();
-    res_cs = res->strides().back();
-  }
+  for (int64_t width : widths) starts.push_back(starts.back() + width);
 
   const int64_t units = s.glu ? s.n / kTileRows : n_tiles(s.n);
   const int64_t groups = (m + 3) / 4;
@@ -188,12 +187,29 @@ void run_matmul(const MatmulSpec& s, const std::vector<mx::array>& in,
         while (col >= starts[seg + 1]) ++seg;
         for (int i = 0; i < mr; ++i) {
           float v = acc[i * kTileRows + r];
-          if (res_data) v += res_data[res_off[m0 + i] + col * res_cs];
+          if (res) v += res->data[res->at(m0 + i, s.n) + col * res->col_stride];
           dst[seg][(m0 + i) * widths[seg] + col - starts[seg]] = v;
         }
       }
     }
   });
+}
+
+void run_matmul(const MatmulSpec& s, const std::vector<mx::array>& in,
+                std::vector<mx::array>& out) {
+  const mx::array& x = in[0];
+  size_t next = 2;
+  const float* norm = s.norm ? in[next++].data<float>() : nullptr;
+  std::optional<Rows> res;
+  if (s.residual) res = rows_of(in[next++]);
+  std::vector<float*> dst;
+  std::vector<int64_t> widths;
+  for (auto& o : out) {
+    dst.push_back(o.data<float>());
+    widths.push_back(o.shape(-1));
+  }
+  matmul_rows(s, in[1].data<uint8_t>(), norm, rows_of(x), static_cast<int64_t>(x.size()) / s.k,
+              res ? &*res : nullptr, dst, widths);
 }
 
 class QuantMatmul : public mx::Primitive {
@@ -377,18 +393,28 @@ mx::array f32(const mx::array& a) {
   return a.dtype() == mx::float32 ? a : mx::astype(a, mx::float32);
 }
 
-// `a` with its last axis contiguous: views of the KV cache are used in place, anything else is
-// copied (row by row, through row_offsets).
-const float* last_axis_contiguous(const mx::array& a, std::vector<float>& copy) {
+// `a`'s rows (any strides) copied into `copy`, row-major.
+const float* copy_rows(const mx::array& a, std::vector<float>& copy) {
   const float* data = a.data<float>();
-  if (a.ndim() == 0 || a.strides().back() == 1) return data;
-  const int64_t cols = a.shape(-1), stride = a.strides().back();
+  const int64_t cols = a.ndim() ? a.shape(-1) : 1, stride = a.ndim() ? a.strides().back() : 1;
   const auto off = row_offsets(a);
   copy.resize(off.size() * cols);
   for (size_t r = 0; r < off.size(); ++r) {
     for (int64_t c = 0; c < cols; ++c) copy[r * cols + c] = data[off[r] + c * stride];
   }
   return copy.data();
+}
+
+// `a` with its last axis contiguous: views of the KV cache are used in place, anything else is
+// copied.
+const float* last_axis_contiguous(const mx::array& a, std::vector<float>& copy) {
+  if (a.ndim() == 0 || a.strides().back() == 1) return a.data<float>();
+  return copy_rows(a, copy);
+}
+
+// All of `a` in row-major order: its own data where it is row-contiguous, else a copy.
+const float* row_major(const mx::array& a, std::vector<float>& copy) {
+  return a.flags().row_contiguous ? a.data<float>() : copy_rows(a, copy);
 }
 
 // A copied array is row-contiguous; a view keeps its strides.
@@ -450,41 +476,23 @@ struct AttentionSpec {
   bool operator==(const AttentionSpec&) const = default;
 };
 
-// inputs: q (B, Hkv, G, D), k, v (B, Hkv, ≥length, D), [mask (B, length)], [cos, sin (R, D/2)]
-void run_attention(const AttentionSpec& spec, const std::vector<mx::array>& in,
-                   std::vector<mx::array>& out) {
-  const mx::array &q = in[0], &k = in[1], &v = in[2];
-  const int64_t B = q.shape(0), H = q.shape(1), G = q.shape(2), D = q.shape(3), T = spec.length;
-  std::vector<float> qc, kc, vc;
-  const float* qd = last_axis_contiguous(q, qc);
-  const float* kd = last_axis_contiguous(k, kc);
-  const float* vd = last_axis_contiguous(v, vc);
-  const auto qs = strides_of(q, qc), ks = strides_of(k, kc), vs = strides_of(v, vc);
-  size_t next = 3;
-  std::vector<uint8_t> mask_rows;  // (B, T) flags, row-contiguous
-  if (spec.mask) {
-    const mx::array& m = in[next++];
-    const bool* md = m.data<bool>();
-    const auto off = row_offsets(m);  // one row of T flags per batch row
-    const int64_t ms = m.strides().back();
-    mask_rows.resize(B * T);
-    for (int64_t b = 0; b < B; ++b) {
-      for (int64_t j = 0; j < T; ++j) mask_rows[b * T + j] = md[off[b] + j * ms];
-    }
-  }
+// One decode step's attention over pointers: q (B, Hkv, G, D) and k, v (B, Hkv, ≥T, D) at
+// element strides qs, ks, vs (last axis contiguous); `mask` B·T flags or empty; q rotated by
+// `trig` and times `scale`. out (B, Hkv, G, D) and scores (B, Hkv, G, T), row-contiguous.
+void attend(const float* qd, const int64_t* qs, const float* kd, const int64_t* ks,
+            const float* vd, const int64_t* vs, int64_t B, int64_t H, int64_t G, int64_t D,
+            int64_t T, const std::vector<uint8_t>& mask_rows, const Trig& trig, float scale,
+            float* od, float* sd) {
   // The queries, rotated and scaled: (B, H, G, D) row-contiguous.
   std::vector<float> qr(B * H * G * D);
-  const Trig trig(in, next, spec.rope);
   for (int64_t b = 0; b < B; ++b) {
     for (int64_t h = 0; h < H; ++h) {
       for (int64_t g = 0; g < G; ++g) {
-        trig.apply(qd + b * qs[0] + h * qs[1] + g * qs[2], b, D, spec.scale,
+        trig.apply(qd + b * qs[0] + h * qs[1] + g * qs[2], b, D, scale,
                    qr.data() + ((b * H + h) * G + g) * D);
       }
     }
   }
-  float* od = out[0].data<float>();
-  float* sd = out[1].data<float>();
   std::vector<AttendRow> rows;
   rows.reserve(B * H * G);
   for (int64_t b = 0; b < B; ++b) {
@@ -499,6 +507,36 @@ void run_attention(const AttentionSpec& spec, const std::vector<mx::array>& in,
     }
   }
   attend_rows(rows.data(), static_cast<int64_t>(rows.size()));
+}
+
+// A (B, T) bool mask input (any layout) as B·T row-contiguous flags.
+std::vector<uint8_t> mask_flags(const mx::array& m, int64_t B, int64_t T) {
+  const bool* md = m.data<bool>();
+  const auto off = row_offsets(m);  // one row of T flags per batch row
+  const int64_t ms = m.strides().back();
+  std::vector<uint8_t> flags(B * T);
+  for (int64_t b = 0; b < B; ++b) {
+    for (int64_t j = 0; j < T; ++j) flags[b * T + j] = md[off[b] + j * ms];
+  }
+  return flags;
+}
+
+// inputs: q (B, Hkv, G, D), k, v (B, Hkv, ≥length, D), [mask (B, length)], [cos, sin (R, D/2)]
+void run_attention(const AttentionSpec& spec, const std::vector<mx::array>& in,
+                   std::vector<mx::array>& out) {
+  const mx::array &q = in[0], &k = in[1], &v = in[2];
+  const int64_t B = q.shape(0), T = spec.length;
+  std::vector<float> qc, kc, vc;
+  const float* qd = last_axis_contiguous(q, qc);
+  const float* kd = last_axis_contiguous(k, kc);
+  const float* vd = last_axis_contiguous(v, vc);
+  const auto qs = strides_of(q, qc), ks = strides_of(k, kc), vs = strides_of(v, vc);
+  size_t next = 3;
+  std::vector<uint8_t> mask_rows;
+  if (spec.mask) mask_rows = mask_flags(in[next++], B, T);
+  const Trig trig(in, next, spec.rope);
+  attend(qd, qs.data(), kd, ks.data(), vd, vs.data(), B, q.shape(1), q.shape(2), q.shape(3), T,
+         mask_rows, trig, spec.scale, out[0].data<float>(), out[1].data<float>());
 }
 
 class DecodeAttention : public mx::Primitive {
@@ -573,6 +611,42 @@ std::vector<mx::array> decode_attention(const mx::array& q, const mx::array& k,
                                 std::make_shared<DecodeAttention>(cpu_stream(), spec), inputs);
 }
 
+// `out` takes over the cache buffer `buf` when nothing else holds it (the KV cache rebinds to the
+// result, so a step writes one row, not the buffer); false: `copy_buffer` into a fresh one.
+bool donate_buffer(const mx::array& buf, mx::array& out) {
+  const bool donate = buf.is_donatable() && buf.flags().row_contiguous;
+  if (donate) out.copy_shared_buffer(buf);
+  return donate;
+}
+
+// The (B, H, S, D) buffer `b`, any layout, into dst row-contiguous.
+void copy_buffer(const mx::array& b, float* dst) {
+  const int64_t B = b.shape(0), H = b.shape(1), S = b.shape(2), D = b.shape(3);
+  std::vector<float> copy;
+  const float* src = last_axis_contiguous(b, copy);
+  const auto st = strides_of(b, copy);
+  for (int64_t i = 0; i < B; ++i) {
+    for (int64_t h = 0; h < H; ++h) {
+      for (int64_t s = 0; s < S; ++s) {
+        std::memcpy(dst + ((i * H + h) * S + s) * D, src + i * st[0] + h * st[1] + s * st[2],
+                    D * sizeof(float));
+      }
+    }
+  }
+}
+
+// x (B·H·D head-major values), rotated by `trig`, into position `slot` of every head of the
+// row-contiguous (B, H, S, D) buffer dst.
+void write_slot(float* dst, const mx::Shape& shape, int64_t slot, const float* x,
+                const Trig& trig) {
+  const int64_t B = shape[0], H = shape[1], S = shape[2], D = shape[3];
+  for (int64_t i = 0; i < B; ++i) {
+    for (int64_t h = 0; h < H; ++h) {
+      trig.apply(x + (i * H + h) * D, i, D, 1.0f, dst + ((i * H + h) * S + slot) * D);
+    }
+  }
+}
+
 // The cache buffer (B, Hkv, S, D) with `new` (B·Hkv·D values, head-major) written at position
 // `slot` of every head, RoPE'd when cos/sin are given. The buffer is donated when nothing else
 // holds it (the KV cache rebinds to the result), so a step writes one row, not the buffer.
@@ -582,36 +656,18 @@ class CacheWrite : public mx::UnaryPrimitive {
       : mx::UnaryPrimitive(stream), slot_(slot), rope_(rope) {}
 
   void eval_cpu(const std::vector<mx::array>& inputs, mx::array& out) override {
-    const auto& buf = inputs[0];
-    const bool donate = buf.is_donatable() && buf.flags().row_contiguous;
-    if (donate) out.copy_shared_buffer(buf);
+    const bool donate = donate_buffer(inputs[0], out);
     std::vector<mx::array> outputs{out};
-    dispatch(stream(), inputs, outputs, [slot = slot_, rope_on = rope_, donate](std::vector<mx::array>& in, std::vector<mx::array>& o) {
-      const mx::array& b = in[0];
-      float* dst = o[0].data<float>();
-      const int64_t B = b.shape(0), H = b.shape(1), S = b.shape(2), D = b.shape(3);
-      if (!donate) {  // a fresh row-contiguous copy of the buffer first
-        std::vector<float> copy;
-        const float* src = last_axis_contiguous(b, copy);
-        const auto st = strides_of(b, copy);
-        for (int64_t i = 0; i < B; ++i) {
-          for (int64_t h = 0; h < H; ++h) {
-            for (int64_t s = 0; s < S; ++s) {
-              std::memcpy(dst + ((i * H + h) * S + s) * D, src + i * st[0] + h * st[1] + s * st[2],
-                          D * sizeof(float));
-            }
-          }
-        }
-      }
-      std::vector<float> nc;
-      const float* x = last_axis_contiguous(in[1], nc);  // contiguous: B·H·D head-major values
-      const Trig trig(in, 2, rope_on);
-      for (int64_t i = 0; i < B; ++i) {
-        for (int64_t h = 0; h < H; ++h) {
-          trig.apply(x + (i * H + h) * D, i, D, 1.0f, dst + ((i * H + h) * S + slot) * D);
-        }
-      }
-    });
+    dispatch(stream(), inputs, outputs,
+             [slot = slot_, rope_on = rope_, donate](std::vector<mx::array>& in,
+                                                     std::vector<mx::array>& o) {
+               float* dst = o[0].data<float>();
+               if (!donate) copy_buffer(in[0], dst);
+               std::vector<float> nc;
+               const float* x = row_major(in[1], nc);  // B·H·D head-major values
+               const Trig trig(in, 2, rope_on);
+               write_slot(dst, in[0].shape(), slot, x, trig);
+             });
   }
 
   void eval_gpu(const std::vector<mx::array>&, mx::array&) override {
@@ -645,14 +701,132 @@ mx::array cache_write(const mx::array& buf, const mx::array& values, int slot,
     throw std::invalid_argument("values must hold B x Hkv x D numbers");
   }
   check_trig(cos, sin, B, D);
-  // Row-contiguous B·H·D values: a reshape of (B, 1, H·D) projections costs nothing.
-  std::vector<mx::array> inputs{buf, mx::contiguous(mx::reshape(f32(values), {B * H * D}))};
+  // Any layout: the kernel reads the values in row-major order (B, then H·D head-major).
+  std::vector<mx::array> inputs{buf, f32(values)};
   if (cos) {
     inputs.push_back(f32(*cos));
     inputs.push_back(f32(*sin));
   }
   return mx::array(buf.shape(), mx::float32,
                    std::make_shared<CacheWrite>(cpu_stream(), slot, cos.has_value()), inputs);
+}
+
+struct BlockSpec {
+  MatmulSpec o, gate_up, down;
+  int64_t length, heads;
+  bool mask;
+
+  bool operator==(const BlockSpec&) const = default;
+};
+
+// The rest of a decoder block after its cache writes, for a decode step: attention (as
+// run_attention), o with the residual x, gate/up with the second norm, down with its residual.
+// inputs x (B, 1, dim), q (B, 1, H·D), k, v (B, Hkv, ≥length, D), w_o, w_gate_up, norm, w_down,
+// cos_q, sin_q (the scale folded in), [mask (B, length)]; outputs x' (B, 1, dim), scores
+// (B, 1, H, length): the model concatenates the layers' along axis 1. The same arithmetic in the same order as those operations one by one.
+void run_block(const BlockSpec& s, const std::vector<mx::array>& in, std::vector<mx::array>& out) {
+  const mx::array &x = in[0], &q = in[1], &k = in[2], &v = in[3];
+  const int64_t B = x.shape(0), dim = s.o.n, H = s.heads, Hkv = k.shape(1), D = k.shape(3);
+  const int64_t G = H / Hkv, T = s.length;
+  std::vector<float> qc, kc, vc;
+  const float* qd = last_axis_contiguous(q, qc);
+  const float* kd = last_axis_contiguous(k, kc);
+  const float* vd = last_axis_contiguous(v, vc);
+  const int64_t qs[3] = {strides_of(q, qc)[0], G * D, D};
+  const auto ks = strides_of(k, kc), vs = strides_of(v, vc);
+  std::vector<uint8_t> mask_rows;
+  if (s.mask) mask_rows = mask_flags(in[10], B, T);
+  const Trig trig(in, 8, true);
+  std::vector<float> att(B * H * D), h(B * dim), act(B * s.gate_up.n);
+  attend(qd, qs, kd, ks.data(), vd, vs.data(), B, Hkv, G, D, T, mask_rows, trig, 1.0f,
+         att.data(), out[1].data<float>());
+  const Rows hr{h.data(), {}, 1}, xr = rows_of(x);
+  matmul_rows(s.o, in[4].data<uint8_t>(), nullptr, Rows{att.data(), {}, 1}, B, &xr, {h.data()},
+              {dim});
+  matmul_rows(s.gate_up, in[5].data<uint8_t>(), in[6].data<float>(), hr, B, nullptr,
+              {act.data()}, {s.gate_up.n});
+  matmul_rows(s.down, in[7].data<uint8_t>(), nullptr, Rows{act.data(), {}, 1}, B, &hr,
+              {out[0].data<float>()}, {dim});
+}
+
+class DecodeBlock : public mx::Primitive {
+ public:
+  DecodeBlock(mx::Stream stream, BlockSpec spec) : mx::Primitive(stream), spec_(std::move(spec)) {}
+
+  void eval_cpu(const std::vector<mx::array>& inputs, std::vector<mx::array>& outputs) override {
+    dispatch(stream(), inputs, outputs,
+             [spec = spec_](std::vector<mx::array>& in, std::vector<mx::array>& out) {
+               run_block(spec, in, out);
+             });
+  }
+
+  void eval_gpu(const std::vector<mx::array>&, std::vector<mx::array>&) override {
+    throw std::runtime_error("[entropix decode_block] CPU only");
+  }
+
+  const char* name() const override { return "EntropixDecodeBlock"; }
+
+  bool is_equivalent(const mx::Primitive& other) const override {
+    auto* o = dynamic_cast<const DecodeBlock*>(&other);
+    return o && o->spec_ == spec_;
+  }
+
+  std::vector<mx::Shape> output_shapes(const std::vector<mx::array>& inputs) override {
+    const int B = inputs[0].shape(0);
+    return {inputs[0].shape(),
+            {B, 1, static_cast<int>(spec_.heads), static_cast<int>(spec_.length)}};
+  }
+
+ private:
+  BlockSpec spec_;
+};
+
+std::vector<mx::array> decode_block(const mx::array& x, const mx::array& q, const mx::array& k,
+                                    const mx::array& v, const std::vector<mx::array>& weights,
+                                    const std::vector<int64_t>& dims, const mx::array& norm,
+                                    float eps, int length, int heads, const mx::array& cos,
+                                    const mx::array& sin, const std::optional<mx::array>& mask) {
+  if (weights.size() != 3 || dims.size() != 9) {
+    throw std::invalid_argument(
+        "give 3 packed weights (o, gate_up, down) and their (n, k, bits) as 9 ints");
+  }
+  if (k.ndim() != 4 || v.shape() != k.shape()) {
+    throw std::invalid_argument("k and v must both be (B, Hkv, T, D)");
+  }
+  const int B = k.shape(0), Hkv = k.shape(1), D = k.shape(3);
+  if (length < 1 || length > k.shape(2)) throw std::invalid_argument("length must be in 1..T");
+  if (heads <= 0 || heads % Hkv != 0) throw std::invalid_argument("heads must be a multiple of Hkv");
+  MatmulSpec specs[3];
+  for (int i = 0; i < 3; ++i) {
+    const int64_t n = dims[3 * i], kk = dims[3 * i + 1];
+    const int bits = static_cast<int>(dims[3 * i + 2]);
+    const bool glu = i == 1;
+    if (glu && n % kTileRows != 0) throw std::invalid_argument("gate_up needs n a multiple of 8");
+    check_packed(weights[i], glu ? 2 * n : n, kk, bits);
+    specs[i] = {n, kk, bits, eps, glu, !glu, glu, true, {}};
+  }
+  const int64_t dim = specs[0].n;
+  if (specs[0].k != heads * D || specs[1].k != dim || specs[2].n != dim ||
+      specs[2].k != specs[1].n) {
+    throw std::invalid_argument("the weights' shapes do not make a block of these heads");
+  }
+  if (x.ndim() != 3 || x.shape(0) != B || x.shape(1) != 1 || x.shape(2) != dim) {
+    throw std::invalid_argument("x must be (B, 1, dim) with k's B and o's n");
+  }
+  if (q.shape() != mx::Shape{B, 1, heads * D}) throw std::invalid_argument("q must be (B, 1, H·D)");
+  if (norm.ndim() != 1 || norm.shape(0) != dim) throw std::invalid_argument("norm must be (dim,)");
+  check_trig(cos, sin, B, D);
+  std::vector<mx::array> inputs{f32(x), f32(q), f32(k), f32(v), weights[0], weights[1],
+                                f32(norm), weights[2], f32(cos), f32(sin)};
+  if (mask) {
+    if (mask->size() != static_cast<size_t>(B) * length || mask->shape(-1) != length) {
+      throw std::invalid_argument("mask must hold B x length flags, e.g. (B, 1, 1, length)");
+    }
+    inputs.push_back(mx::astype(mx::reshape(*mask, {B, length}), mx::bool_));
+  }
+  BlockSpec spec{specs[0], specs[1], specs[2], length, heads, mask.has_value()};
+  return mx::array::make_arrays({x.shape(), {B, 1, heads, length}}, {mx::float32, mx::float32},
+                                std::make_shared<DecodeBlock>(cpu_stream(), spec), inputs);
 }
 
 std::vector<mx::array> build_matmul(const mx::array& x, const mx::array& packed, int64_t n,
@@ -749,6 +923,10 @@ NB_MODULE(_qmv, m) {
   m.def("cache_write", &cache_write, "buf"_a, "values"_a, "slot"_a, nb::kw_only(),
         "cos"_a = nb::none(), "sin"_a = nb::none(),
         "The cache buffer with `values` written (RoPE'd) at `slot`, donated when possible.");
+  m.def("decode_block", &decode_block, "x"_a, "q"_a, "k"_a, "v"_a, "weights"_a, "dims"_a,
+        "norm"_a, "eps"_a, nb::kw_only(), "length"_a, "heads"_a, "cos"_a, "sin"_a,
+        "mask"_a = nb::none(),
+        "A decode step's block after its cache writes: (x', scores) (see run_block).");
   m.def("packed_bytes", &packed_bytes, "n"_a, "k"_a, "bits"_a);
   m.def("kernel_name", &kernel_name);
   m.def("num_threads", &num_threads);
