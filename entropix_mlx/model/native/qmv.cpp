@@ -212,27 +212,42 @@ void run_matmul(const MatmulSpec& s, const std::vector<mx::array>& in,
               res ? &*res : nullptr, dst, widths);
 }
 
-class QuantMatmul : public mx::Primitive {
+// A CPU primitive whose whole state is a `Spec`: eval_cpu runs `Run(spec, inputs, outputs)` on the
+// CPU stream; two are equivalent when their specs are equal. Subclasses give the output shapes.
+template <class Spec,
+          void (*Run)(const Spec&, const std::vector<mx::array>&, std::vector<mx::array>&)>
+class SpecPrimitive : public mx::Primitive {
  public:
-  QuantMatmul(mx::Stream stream, MatmulSpec spec) : mx::Primitive(stream), spec_(std::move(spec)) {}
+  SpecPrimitive(mx::Stream stream, Spec spec, const char* name)
+      : mx::Primitive(stream), spec_(std::move(spec)), name_(name) {}
 
   void eval_cpu(const std::vector<mx::array>& inputs, std::vector<mx::array>& outputs) override {
     dispatch(stream(), inputs, outputs,
              [spec = spec_](std::vector<mx::array>& in, std::vector<mx::array>& out) {
-               run_matmul(spec, in, out);
+               Run(spec, in, out);
              });
   }
 
   void eval_gpu(const std::vector<mx::array>&, std::vector<mx::array>&) override {
-    throw std::runtime_error("[entropix qmatmul] CPU only");
+    throw std::runtime_error(std::string("[") + name_ + "] CPU only");
   }
 
-  const char* name() const override { return "EntropixQuantMatmul"; }
+  const char* name() const override { return name_; }
 
   bool is_equivalent(const mx::Primitive& other) const override {
-    auto* o = dynamic_cast<const QuantMatmul*>(&other);
+    auto* o = dynamic_cast<const SpecPrimitive*>(&other);
     return o && o->spec_ == spec_;
   }
+
+ protected:
+  Spec spec_;
+  const char* name_;
+};
+
+class QuantMatmul : public SpecPrimitive<MatmulSpec, run_matmul> {
+ public:
+  QuantMatmul(mx::Stream stream, MatmulSpec spec)
+      : SpecPrimitive(stream, std::move(spec), "EntropixQuantMatmul") {}
 
   std::vector<mx::Shape> output_shapes(const std::vector<mx::array>& inputs) override {
     return shapes(inputs[0].shape(), spec_);
@@ -250,9 +265,6 @@ class QuantMatmul : public mx::Primitive {
     }
     return out;
   }
-
- private:
-  MatmulSpec spec_;
 };
 
 template <class T>
@@ -539,35 +551,15 @@ void run_attention(const AttentionSpec& spec, const std::vector<mx::array>& in,
          mask_rows, trig, spec.scale, out[0].data<float>(), out[1].data<float>());
 }
 
-class DecodeAttention : public mx::Primitive {
+class DecodeAttention : public SpecPrimitive<AttentionSpec, run_attention> {
  public:
-  DecodeAttention(mx::Stream stream, AttentionSpec spec) : mx::Primitive(stream), spec_(spec) {}
-
-  void eval_cpu(const std::vector<mx::array>& inputs, std::vector<mx::array>& outputs) override {
-    dispatch(stream(), inputs, outputs,
-             [spec = spec_](std::vector<mx::array>& in, std::vector<mx::array>& out) {
-               run_attention(spec, in, out);
-             });
-  }
-
-  void eval_gpu(const std::vector<mx::array>&, std::vector<mx::array>&) override {
-    throw std::runtime_error("[entropix decode_attention] CPU only");
-  }
-
-  const char* name() const override { return "EntropixDecodeAttention"; }
-
-  bool is_equivalent(const mx::Primitive& other) const override {
-    auto* o = dynamic_cast<const DecodeAttention*>(&other);
-    return o && o->spec_ == spec_;
-  }
+  DecodeAttention(mx::Stream stream, AttentionSpec spec)
+      : SpecPrimitive(stream, spec, "EntropixDecodeAttention") {}
 
   std::vector<mx::Shape> output_shapes(const std::vector<mx::array>& inputs) override {
     const auto& q = inputs[0];
     return {q.shape(), {q.shape(0), q.shape(1), q.shape(2), static_cast<int>(spec_.length)}};
   }
-
- private:
-  AttentionSpec spec_;
 };
 
 void check_trig(const std::optional<mx::array>& cos, const std::optional<mx::array>& sin, int B,
@@ -749,36 +741,16 @@ void run_block(const BlockSpec& s, const std::vector<mx::array>& in, std::vector
               {out[0].data<float>()}, {dim});
 }
 
-class DecodeBlock : public mx::Primitive {
+class DecodeBlock : public SpecPrimitive<BlockSpec, run_block> {
  public:
-  DecodeBlock(mx::Stream stream, BlockSpec spec) : mx::Primitive(stream), spec_(std::move(spec)) {}
-
-  void eval_cpu(const std::vector<mx::array>& inputs, std::vector<mx::array>& outputs) override {
-    dispatch(stream(), inputs, outputs,
-             [spec = spec_](std::vector<mx::array>& in, std::vector<mx::array>& out) {
-               run_block(spec, in, out);
-             });
-  }
-
-  void eval_gpu(const std::vector<mx::array>&, std::vector<mx::array>&) override {
-    throw std::runtime_error("[entropix decode_block] CPU only");
-  }
-
-  const char* name() const override { return "EntropixDecodeBlock"; }
-
-  bool is_equivalent(const mx::Primitive& other) const override {
-    auto* o = dynamic_cast<const DecodeBlock*>(&other);
-    return o && o->spec_ == spec_;
-  }
+  DecodeBlock(mx::Stream stream, BlockSpec spec)
+      : SpecPrimitive(stream, std::move(spec), "EntropixDecodeBlock") {}
 
   std::vector<mx::Shape> output_shapes(const std::vector<mx::array>& inputs) override {
     const int B = inputs[0].shape(0);
     return {inputs[0].shape(),
             {B, 1, static_cast<int>(spec_.heads), static_cast<int>(spec_.length)}};
   }
-
- private:
-  BlockSpec spec_;
 };
 
 std::vector<mx::array> decode_block(const mx::array& x, const mx::array& q, const mx::array& k,
