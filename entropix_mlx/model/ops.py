@@ -246,7 +246,7 @@ class CpuOps(FusedOps):
         norm = block.post_attention_layernorm
         return self.native.decode_block(
             x, q, cache.keys, cache.values, [p.weight for p in rest],
-            [n for p in rest for n in p._meta[:3]], norm.weight, norm.eps,
+            [n for p in rest for n in p.dims], norm.weight, norm.eps,
             length=cache.offset, heads=self.n_heads, cos=cos_q, sin=sin_q, mask=mask,
         )  # fmt: skip
 

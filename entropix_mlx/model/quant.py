@@ -244,6 +244,11 @@ class PackedLinear(nn.Module):
     def packed(self) -> Packed:
         return Packed(self.weight, *self._meta)
 
+    @property
+    def dims(self) -> tuple[int, int, int]:
+        """(rows, cols, bits) of the packed matrix, as the native kernels take them."""
+        return self._meta[:3]
+
     def __call__(
         self, x: mx.array, norm: nn.RMSNorm | None = None, residual: mx.array | None = None
     ) -> mx.array:
