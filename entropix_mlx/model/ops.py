@@ -186,8 +186,9 @@ class CpuOps(FusedOps):
     scores the metrics need, in three operations where the `_qmv` extension is built: two
     `cache_write`s (RoPE'd key, value; the cache buffers reused in place) and `decode_attention`
     (RoPE'd and scaled query over the buffers), against ~12 of MLX's, whose products over the cache
-    also grow ~4x faster with the context. Without it, RoPE is one (D, D) matrix per position,
-    built once per step and shared by all layers (the softmax scale folded into the queries').
+    also grow ~4x faster with the context; a packed block's whole step is four (`block_step`).
+    Without it, RoPE is one (D, D) matrix per position, built once per step and shared by all
+    layers (the softmax scale folded into the queries').
     """
 
     def __init__(
