@@ -715,7 +715,8 @@ struct BlockSpec {
 // run_attention), o with the residual x, gate/up with the second norm, down with its residual.
 // inputs x (B, 1, dim), q (B, 1, H·D), k, v (B, Hkv, ≥length, D), w_o, w_gate_up, norm, w_down,
 // cos_q, sin_q (the scale folded in), [mask (B, length)]; outputs x' (B, 1, dim), scores
-// (B, 1, H, length): the model concatenates the layers' along axis 1. The same arithmetic in the same order as those operations one by one.
+// (B, 1, H, length): the model concatenates the layers' along axis 1. The same arithmetic in the
+// same order as those operations one by one.
 void run_block(const BlockSpec& s, const std::vector<mx::array>& in, std::vector<mx::array>& out) {
   const mx::array &x = in[0], &q = in[1], &k = in[2], &v = in[3];
   const int64_t B = x.shape(0), dim = s.o.n, H = s.heads, Hkv = k.shape(1), D = k.shape(3);
