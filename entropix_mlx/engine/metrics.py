@@ -172,31 +172,40 @@ def host_metrics(logits: np.ndarray, scores: np.ndarray, layers: str = "all") ->
     The same formulas as `logit_entropy` / `attention_stats` / `attention_metrics`, in float32
     with NumPy's pairwise (accurate) sums.
     """
+    # Each step's temporaries are reused in place (`out=`: the same operations, the same numbers):
+    # glibc hands every freed large array back to the OS, and each fresh one page-faults in again
+    # (measured: 2.5 ms a step at 30 layers x 512 keys with a dozen temporaries, 0.8 ms without).
     x = np.asarray(logits, dtype=np.float32)
-    y = (x - x.max()) * np.float32(LOG2E)  # log2 of unnormalised p, ≤ 0
+    y = x - x.max()
+    np.multiply(y, np.float32(LOG2E), out=y)  # log2 of unnormalised p, ≤ 0
     e = np.exp2(y)
     z = e.sum()
     p = e / z
-    log2p = np.where(e > 0, y - np.log2(z), np.float32(0.0))
-    entropy = -np.sum(p * log2p)
-    varentropy = np.sum(p * np.square(log2p + entropy))
+    np.subtract(y, np.log2(z), out=y)  # log2 p, 0 where p = 0
+    y[~(e > 0)] = 0.0
+    entropy = -np.sum(np.multiply(p, y, out=e))
+    varentropy = np.sum(np.multiply(p, np.square(np.add(y, entropy, out=y), out=y), out=y))
 
     s = np.asarray(scores, dtype=np.float32)
     if layers not in ATTENTION_LAYERS:
         raise ValueError(f"attention layers {layers!r} is not one of {', '.join(ATTENTION_LAYERS)}")
     s = s[-1:] if layers == "last" else s
-    zs = s - s.max(axis=-1, keepdims=True)
-    es = np.exp(zs)
-    total = es.sum(axis=-1, keepdims=True)
-    P = es / total
-    head_entropy = (np.log(total[..., 0]) - np.sum(P * zs, axis=-1)) * np.float32(LOG2E)
+    work = s - s.max(axis=-1, keepdims=True)  # z
+    P = np.exp(work)
+    total = P.sum(axis=-1, keepdims=True)
+    np.divide(P, total, out=P)
+    np.multiply(P, work, out=work)  # P·z
+    head_entropy = (np.log(total[..., 0]) - np.sum(work, axis=-1)) * np.float32(LOG2E)
+    np.abs(np.subtract(P, P.mean(axis=1, keepdims=True), out=work), out=work)
+    agreement = work.mean()
+    interaction = np.abs(s, out=work).mean()
     return Metrics(
         entropy=float(entropy),
         varentropy=float(varentropy),
         attn_entropy=float(head_entropy.mean()),
         attn_varentropy=float(head_entropy.var(axis=1).mean()),
-        agreement=float(np.abs(P - P.mean(axis=1, keepdims=True)).mean()),
-        interaction_strength=float(np.abs(s).mean()),
+        agreement=float(agreement),
+        interaction_strength=float(interaction),
     )
 
 
