@@ -488,13 +488,31 @@ struct AttentionSpec {
   bool operator==(const AttentionSpec&) const = default;
 };
 
-// One decode step's attention over pointers: q (B, Hkv, G, D) and k, v (B, Hkv, ≥T, D) at
-// element strides qs, ks, vs (last axis contiguous); `mask` B·T flags or empty; q rotated by
-// `trig` and times `scale`. out (B, Hkv, G, D) and scores (B, Hkv, G, T), row-contiguous.
-void attend(const float* qd, const int64_t* qs, const float* kd, const int64_t* ks,
-            const float* vd, const int64_t* vs, int64_t B, int64_t H, int64_t G, int64_t D,
-            int64_t T, const std::vector<uint8_t>& mask_rows, const Trig& trig, float scale,
-            float* od, float* sd) {
+// A (B, T) bool mask input (any layout) as B·T row-contiguous flags.
+std::vector<uint8_t> mask_flags(const mx::array& m, int64_t B, int64_t T) {
+  const bool* md = m.data<bool>();
+  const auto off = row_offsets(m);  // one row of T flags per batch row
+  const int64_t ms = m.strides().back();
+  std::vector<uint8_t> flags(B * T);
+  for (int64_t b = 0; b < B; ++b) {
+    for (int64_t j = 0; j < T; ++j) flags[b * T + j] = md[off[b] + j * ms];
+  }
+  return flags;
+}
+
+// One decode step's attention: q (B, Hkv, G, D) at element strides qs (last axis contiguous),
+// k and v (B, Hkv, ≥T, D) arrays read in place (copied only where their last axis is strided),
+// `mask` a (B, T) bool array or null; q rotated by `trig` and times `scale`. out (B, Hkv, G, D)
+// and scores (B, Hkv, G, T), row-contiguous.
+void attend(const float* qd, const int64_t* qs, const mx::array& k, const mx::array& v,
+            const mx::array* mask, int64_t G, int64_t T, const Trig& trig, float scale, float* od,
+            float* sd) {
+  const int64_t B = k.shape(0), H = k.shape(1), D = k.shape(3);
+  std::vector<float> kc, vc;
+  const float* kd = last_axis_contiguous(k, kc);
+  const float* vd = last_axis_contiguous(v, vc);
+  const auto ks = strides_of(k, kc), vs = strides_of(v, vc);
+  const auto mask_rows = mask ? mask_flags(*mask, B, T) : std::vector<uint8_t>{};
   // The queries, rotated and scaled: (B, H, G, D) row-contiguous.
   std::vector<float> qr(B * H * G * D);
   for (int64_t b = 0; b < B; ++b) {
@@ -511,44 +529,27 @@ void attend(const float* qd, const int64_t* qs, const float* kd, const int64_t* 
     for (int64_t h = 0; h < H; ++h) {
       for (int64_t g = 0; g < G; ++g) {
         const int64_t row = (b * H + h) * G + g;
-        const auto* mask =
+        const auto* flags =
             mask_rows.empty() ? nullptr : reinterpret_cast<const bool*>(&mask_rows[b * T]);
         rows.push_back({qr.data() + row * D, kd + b * ks[0] + h * ks[1], vd + b * vs[0] + h * vs[1],
-                        mask, sd + row * T, od + row * D, D, T, ks[2], vs[2]});
+                        flags, sd + row * T, od + row * D, D, T, ks[2], vs[2]});
       }
     }
   }
   attend_rows(rows.data(), static_cast<int64_t>(rows.size()));
 }
 
-// A (B, T) bool mask input (any layout) as B·T row-contiguous flags.
-std::vector<uint8_t> mask_flags(const mx::array& m, int64_t B, int64_t T) {
-  const bool* md = m.data<bool>();
-  const auto off = row_offsets(m);  // one row of T flags per batch row
-  const int64_t ms = m.strides().back();
-  std::vector<uint8_t> flags(B * T);
-  for (int64_t b = 0; b < B; ++b) {
-    for (int64_t j = 0; j < T; ++j) flags[b * T + j] = md[off[b] + j * ms];
-  }
-  return flags;
-}
 
 // inputs: q (B, Hkv, G, D), k, v (B, Hkv, ≥length, D), [mask (B, length)], [cos, sin (R, D/2)]
 void run_attention(const AttentionSpec& spec, const std::vector<mx::array>& in,
                    std::vector<mx::array>& out) {
-  const mx::array &q = in[0], &k = in[1], &v = in[2];
-  const int64_t B = q.shape(0), T = spec.length;
-  std::vector<float> qc, kc, vc;
+  const mx::array& q = in[0];
+  std::vector<float> qc;
   const float* qd = last_axis_contiguous(q, qc);
-  const float* kd = last_axis_contiguous(k, kc);
-  const float* vd = last_axis_contiguous(v, vc);
-  const auto qs = strides_of(q, qc), ks = strides_of(k, kc), vs = strides_of(v, vc);
-  size_t next = 3;
-  std::vector<uint8_t> mask_rows;
-  if (spec.mask) mask_rows = mask_flags(in[next++], B, T);
-  const Trig trig(in, next, spec.rope);
-  attend(qd, qs.data(), kd, ks.data(), vd, vs.data(), B, q.shape(1), q.shape(2), q.shape(3), T,
-         mask_rows, trig, spec.scale, out[0].data<float>(), out[1].data<float>());
+  const auto qs = strides_of(q, qc);
+  const Trig trig(in, spec.mask ? 4 : 3, spec.rope);
+  attend(qd, qs.data(), in[1], in[2], spec.mask ? &in[3] : nullptr, q.shape(2), spec.length, trig,
+         spec.scale, out[0].data<float>(), out[1].data<float>());
 }
 
 class DecodeAttention : public SpecPrimitive<AttentionSpec, run_attention> {
@@ -561,6 +562,16 @@ class DecodeAttention : public SpecPrimitive<AttentionSpec, run_attention> {
     return {q.shape(), {q.shape(0), q.shape(1), q.shape(2), static_cast<int>(spec_.length)}};
   }
 };
+
+// A decode step's attention mask, B x length flags in any shape, as a (B, length) bool input.
+void push_mask(std::vector<mx::array>& inputs, const std::optional<mx::array>& mask, int B,
+               int length) {
+  if (!mask) return;
+  if (mask->size() != static_cast<size_t>(B) * length || mask->shape(-1) != length) {
+    throw std::invalid_argument("mask must hold B x length flags, e.g. (B, 1, 1, length)");
+  }
+  inputs.push_back(mx::astype(mx::reshape(*mask, {B, length}), mx::bool_));
+}
 
 void check_trig(const std::optional<mx::array>& cos, const std::optional<mx::array>& sin, int B,
                 int D) {
@@ -587,12 +598,7 @@ std::vector<mx::array> decode_attention(const mx::array& q, const mx::array& k,
   if (T < 1 || T > k.shape(2)) throw std::invalid_argument("length must be in 1..k.shape[2]");
   check_trig(cos, sin, B, q.shape(3));
   std::vector<mx::array> inputs{f32(q), f32(k), f32(v)};
-  if (mask) {
-    if (mask->size() != static_cast<size_t>(B) * T || mask->shape(-1) != T) {
-      throw std::invalid_argument("mask must hold B x length flags, e.g. (B, 1, 1, length)");
-    }
-    inputs.push_back(mx::astype(mx::reshape(*mask, {B, T}), mx::bool_));
-  }
+  push_mask(inputs, mask, B, T);
   if (cos) {
     inputs.push_back(f32(*cos));
     inputs.push_back(f32(*sin));
@@ -718,21 +724,16 @@ struct BlockSpec {
 // (B, 1, H, length): the model concatenates the layers' along axis 1. The same arithmetic in the
 // same order as those operations one by one.
 void run_block(const BlockSpec& s, const std::vector<mx::array>& in, std::vector<mx::array>& out) {
-  const mx::array &x = in[0], &q = in[1], &k = in[2], &v = in[3];
-  const int64_t B = x.shape(0), dim = s.o.n, H = s.heads, Hkv = k.shape(1), D = k.shape(3);
-  const int64_t G = H / Hkv, T = s.length;
-  std::vector<float> qc, kc, vc;
+  const mx::array &x = in[0], &q = in[1];
+  const int64_t B = x.shape(0), dim = s.o.n, H = s.heads, D = in[2].shape(3);
+  const int64_t G = H / in[2].shape(1);
+  std::vector<float> qc;
   const float* qd = last_axis_contiguous(q, qc);
-  const float* kd = last_axis_contiguous(k, kc);
-  const float* vd = last_axis_contiguous(v, vc);
   const int64_t qs[3] = {strides_of(q, qc)[0], G * D, D};
-  const auto ks = strides_of(k, kc), vs = strides_of(v, vc);
-  std::vector<uint8_t> mask_rows;
-  if (s.mask) mask_rows = mask_flags(in[10], B, T);
   const Trig trig(in, 8, true);
   std::vector<float> att(B * H * D), h(B * dim), act(B * s.gate_up.n);
-  attend(qd, qs, kd, ks.data(), vd, vs.data(), B, Hkv, G, D, T, mask_rows, trig, 1.0f,
-         att.data(), out[1].data<float>());
+  attend(qd, qs, in[2], in[3], s.mask ? &in[10] : nullptr, G, s.length, trig, 1.0f, att.data(),
+         out[1].data<float>());
   const Rows hr{h.data(), {}, 1}, xr = rows_of(x);
   matmul_rows(s.o, in[4].data<uint8_t>(), nullptr, Rows{att.data(), {}, 1}, B, &xr, {h.data()},
               {dim});
@@ -791,12 +792,7 @@ std::vector<mx::array> decode_block(const mx::array& x, const mx::array& q, cons
   check_trig(cos, sin, B, D);
   std::vector<mx::array> inputs{f32(x), f32(q), f32(k), f32(v), weights[0], weights[1],
                                 f32(norm), weights[2], f32(cos), f32(sin)};
-  if (mask) {
-    if (mask->size() != static_cast<size_t>(B) * length || mask->shape(-1) != length) {
-      throw std::invalid_argument("mask must hold B x length flags, e.g. (B, 1, 1, length)");
-    }
-    inputs.push_back(mx::astype(mx::reshape(*mask, {B, length}), mx::bool_));
-  }
+  push_mask(inputs, mask, B, length);
   BlockSpec spec{specs[0], specs[1], specs[2], length, heads, mask.has_value()};
   return mx::array::make_arrays({x.shape(), {B, 1, heads, length}}, {mx::float32, mx::float32},
                                 std::make_shared<DecodeBlock>(cpu_stream(), spec), inputs);
